@@ -1,0 +1,72 @@
+"""Where the code runs: CUDA + NCCL on clusters (the product), CPU + gloo for tests and laptops.
+
+This is the one switch between the two paths.  ``setup(use_cpu)`` is called once at start-up,
+before megatron-core builds anything; every other module asks the returned :class:`Platform` for
+its device and never branches on CUDA availability itself.  The CPU redirection (``cpu.py``) is
+imported and enabled only when ``use_cpu`` is true.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+ENV_USE_CPU = "MIO_USE_CPU"
+
+
+@dataclass(frozen=True)
+class Platform:
+    device: torch.device
+    backend: str  # torch.distributed backend
+    use_cpu: bool
+
+
+def cpu_requested(flag: bool = False) -> bool:
+    """``--use-cpu`` or ``MIO_USE_CPU=1`` in the environment."""
+    return bool(flag) or os.environ.get(ENV_USE_CPU, "") not in ("", "0")
+
+
+def setup(use_cpu: bool = False) -> Platform:
+    """Choose the device and backend for this process; on CPU, enable the redirection."""
+    use_cpu = cpu_requested(use_cpu)
+    if use_cpu:
+        from megatron_mio.platform import cpu
+
+        cpu.enable()
+        return Platform(device=torch.device("cpu"), backend="gloo", use_cpu=True)
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "no CUDA device is visible; pass --use-cpu (or set MIO_USE_CPU=1) to run on the CPU"
+        )
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local_rank)
+    return Platform(device=torch.device("cuda", local_rank), backend="nccl", use_cpu=False)
+
+
+def init_distributed(platform: Platform, timeout_minutes: int = 30) -> None:
+    """Join the process group torchrun (or srun + torchrun) described in the environment.
+
+    A plain ``python`` run without torchrun becomes a world of one on a free local port.
+    """
+    if torch.distributed.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    kwargs = {}
+    if not platform.use_cpu:
+        kwargs["device_id"] = platform.device
+    torch.distributed.init_process_group(
+        backend=platform.backend, timeout=timedelta(minutes=timeout_minutes), **kwargs
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
