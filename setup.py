@@ -1,12 +1,14 @@
 """Build the megatron_mio package and its pybind11 extension (megatron_mio._C) from csrc/."""
 
+import glob
+
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
 ext_modules = [
     Pybind11Extension(
         "megatron_mio._C",
-        sorted(["csrc/helpers.cpp"]),
+        sorted(glob.glob("csrc/*.cpp")),
         cxx_std=17,
         extra_compile_args=["-O3"],
     ),
