@@ -12,6 +12,8 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 
+from megatron_mio.data.batch import document_causal_mask
+
 BACKENDS = ("local",)
 
 
@@ -22,3 +24,10 @@ def layer_spec(backend: str) -> ModuleSpec:
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.self_attention.params["attn_mask_type"] = AttnMaskType.arbitrary
     return spec
+
+
+def attention_kwargs(cu_seqlens, seq_length: int, backend: str) -> dict:
+    """What GPTModel.forward needs, besides ids and positions, to keep documents apart."""
+    if backend == "local":
+        return {"attention_mask": document_causal_mask(cu_seqlens, seq_length)}
+    raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")

@@ -1,0 +1,52 @@
+"""One micro-batch through GPTModel, in the shape megatron-core's pipeline schedules expect.
+
+The loss is per token: ``loss_func`` returns the *sum* of the cross-entropy over labelled tokens
+and their count, so megatron-core (``calculate_per_token_loss=True``) and ``finalize_model_grads``
+divide by the number of labelled tokens of the whole global batch, across micro-batches and DP
+ranks.  Packs of different fill therefore weigh each token equally, as the paper's loss does.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from megatron.core import parallel_state
+
+from megatron_mio.data.batch import Modality
+from megatron_mio.model.attention import attention_kwargs
+
+
+def loss_and_reports(loss_mask: torch.Tensor, modality: torch.Tensor, token_losses: torch.Tensor):
+    """Sum of labelled token losses, their count, and per-modality sums/counts for logging."""
+    mask = loss_mask.float()
+    losses = token_losses.float() * mask
+    total = losses.sum()
+    count = mask.sum().to(torch.int)
+    report = [total.detach(), mask.sum()]
+    for kind in Modality:
+        selected = (modality == kind).float() * mask
+        report += [(token_losses.float().detach() * selected).sum(), selected.sum()]
+    # Reports are summed over micro-batches and DP ranks by the trainer before dividing.
+    return total, count, {"loss_sums": torch.stack(report)}
+
+
+def model_inputs(batch: dict, attention_backend: str) -> dict:
+    """The GPTModel keyword arguments for one batch and attention backend."""
+    inputs = {"input_ids": batch["tokens"], "position_ids": batch["position_ids"]}
+    inputs.update(attention_kwargs(batch["cu_seqlens"], batch["tokens"].shape[1], attention_backend))
+    return inputs
+
+
+def forward_step(data_iterator, model, attention_backend: str = "local", device=None):
+    """megatron-core ``forward_step_func``: returns the stage output and the loss closure."""
+    batch = next(data_iterator) if data_iterator is not None else None
+    first = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=getattr(model, "vp_stage", None))
+    last = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=getattr(model, "vp_stage", None))
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()} if device is not None else batch
+    inputs = model_inputs(batch, attention_backend)
+    if not first:
+        inputs["input_ids"] = None
+    labels = batch["labels"] if last else None
+    output = model(**inputs, labels=labels)
+    return output, partial(loss_and_reports, batch["loss_mask"], batch["modality"])
