@@ -7,6 +7,8 @@
 
 namespace py = pybind11;
 
+void register_packing(py::module_& m);  // packing.cpp
+
 namespace {
 
 // Exclusive prefix sum of document lengths: offsets[i] = sum(lengths[:i]), offsets[n] = total.
@@ -33,4 +35,5 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "megatron_mio C++ helpers (document lengths, packing, blending)";
   m.def("document_offsets", &document_offsets, py::arg("lengths"),
         "Exclusive prefix sum of document lengths (length n+1, int64).");
+  register_packing(m);
 }
