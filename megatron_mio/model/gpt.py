@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
-from megatron_mio.model.attention import layer_spec
+from megatron_mio.model.attention import check_document_masking, layer_spec
 from megatron_mio.model.presets import ModelPreset
 
 
@@ -89,7 +89,7 @@ def build_gpt_model(
 
     ``vocab_size`` must already be padded for tensor parallelism (``padded_vocab_size``).
     """
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(attention_backend),
         vocab_size=vocab_size,
@@ -102,3 +102,5 @@ def build_gpt_model(
         rotary_base=int(preset.rotary_base),
         vp_stage=vp_stage,
     )
+    check_document_masking(model)
+    return model

@@ -1,0 +1,308 @@
+"""Per-document causal attention from document boundaries, without transformer-engine.
+
+``DocumentAttention`` is a megatron-core ``core_attention`` module (the class is put in the
+layer spec; megatron's ``SelfAttention`` builds one per layer and calls it after the QKV
+projection and RoPE).  It never sees a dense ``[s, s]`` mask: it takes the documents of the
+micro-batch from ``packed_seq_params.cu_seqlens_q`` and lets every token attend causally to
+the tokens of its own document only.
+
+Layouts (what megatron's SelfAttention hands over):
+
+* ``qkv_format="sbhd"`` (what :func:`document_packed_seq_params` builds, used by the trainer):
+  query ``[s, b, heads, dim]``, key/value ``[s, b, groups, dim]``, output ``[s, b, heads*dim]``.
+  ``cu_seqlens_q`` indexes the micro-batch's tokens in batch-major order (token ``i`` of row
+  ``r`` is ``r*s + i``).  RoPE then uses positions ``0..s-1`` of the whole row, which is exact per
+  document because RoPE only depends on the distance between query and key.
+* ``qkv_format="thd"`` (micro-batch of one, flattened): query ``[t, heads, dim]``, output
+  ``[t, heads*dim]``; megatron restarts RoPE positions at every document from ``cu_seqlens``.
+
+The kernel is chosen in one place, :func:`document_attention_kernel`, from the tensor itself:
+on CUDA in fp16/bf16, torch's varlen flash attention when this torch has it; else on CUDA,
+compiled FlexAttention with a document block mask; else (the CPU) SDPA called per document.
+All of them compute the same function; the tests compare them with the dense-mask reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_mio.data.batch import valid_cu_seqlens
+
+# A kernel takes flattened q [t, heads, dim], k/v [t, groups, dim], the int32 document
+# boundaries over those t tokens, the longest document (an upper bound is fine) and the softmax
+# scale, and returns [t, heads, dim].
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
+
+
+def document_packed_seq_params(cu_seqlens: torch.Tensor, seq_length: int) -> PackedSeqParams:
+    """PackedSeqParams (``sbhd``) for a micro-batch of packs, from the batch's ``cu_seqlens``.
+
+    ``cu_seqlens`` is the batch contract's ``int32 [b, L]`` (``-1`` padded, each row ``0 .. s``).
+    Rows are concatenated batch-major into one boundary list over ``b * s`` tokens.
+    ``max_seqlen_*`` is ``s``: megatron sizes the RoPE table from it, and the global positions
+    of the sbhd layout run up to ``s - 1``; for the kernels it is a valid upper bound.
+    """
+    if cu_seqlens.dim() != 2:
+        raise ValueError(f"cu_seqlens must be [batch, L]; got shape {tuple(cu_seqlens.shape)}")
+    rows = []
+    for index, row in enumerate(cu_seqlens.cpu()):
+        bounds = valid_cu_seqlens(row).to(torch.int64)
+        if bounds.numel() < 2 or bounds[0] != 0 or bounds[-1] != seq_length:
+            raise ValueError(
+                f"cu_seqlens row {index} must run from 0 to seq_length={seq_length}; "
+                f"got {bounds.tolist()}"
+            )
+        if bool((bounds[1:] < bounds[:-1]).any()):
+            raise ValueError(f"cu_seqlens row {index} is not non-decreasing: {bounds.tolist()}")
+        rows.append(bounds[1:] + index * seq_length)
+    flat = torch.cat([torch.zeros(1, dtype=torch.int64)] + rows).to(torch.int32)
+    flat = flat.to(cu_seqlens.device)
+    return PackedSeqParams(
+        qkv_format="sbhd",
+        cu_seqlens_q=flat,
+        cu_seqlens_kv=flat,
+        max_seqlen_q=seq_length,
+        max_seqlen_kv=seq_length,
+    )
+
+
+def _document_spans(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
+    bounds = cu_seqlens.tolist()
+    return [(start, end) for start, end in zip(bounds[:-1], bounds[1:]) if end > start]
+
+
+def sdpa_per_document(q, k, v, cu_seqlens, max_seqlen, scale):
+    """SDPA called once per document, causal inside it: exact and cheap on the CPU."""
+    outputs = []
+    for start, end in _document_spans(cu_seqlens):
+        out = F.scaled_dot_product_attention(
+            q[start:end].transpose(0, 1),
+            k[start:end].transpose(0, 1),
+            v[start:end].transpose(0, 1),
+            is_causal=True,
+            scale=scale,
+            enable_gqa=q.size(1) != k.size(1),
+        )
+        outputs.append(out.transpose(0, 1))
+    return torch.cat(outputs, dim=0)
+
+
+def _token_document_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    positions = torch.arange(total, device=cu_seqlens.device, dtype=torch.int32)
+    return torch.bucketize(positions, cu_seqlens[1:-1].to(torch.int32), right=True)
+
+
+def flex_document_attention(q, k, v, cu_seqlens, max_seqlen, scale, *, compiled: bool = True):
+    """FlexAttention with a block mask built from the document ids of every token."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask = _document_block_mask(cu_seqlens, q.size(0))
+    attend = _compiled_flex_attention() if compiled else flex_attention
+    out = attend(
+        q.transpose(0, 1).unsqueeze(0),
+        k.transpose(0, 1).unsqueeze(0),
+        v.transpose(0, 1).unsqueeze(0),
+        block_mask=block_mask,
+        scale=scale,
+        enable_gqa=q.size(1) != k.size(1),
+    )
+    return out.squeeze(0).transpose(0, 1)
+
+
+_BLOCK_MASK_CACHE: list = []
+
+
+def _document_block_mask(cu_seqlens: torch.Tensor, total: int):
+    """The block mask of one micro-batch, built once and reused by every layer.
+
+    All layers of a forward receive the same cu_seqlens tensor object, so identity is the key.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if _BLOCK_MASK_CACHE and _BLOCK_MASK_CACHE[0] is cu_seqlens and _BLOCK_MASK_CACHE[1] == total:
+        return _BLOCK_MASK_CACHE[2]
+    docs = _token_document_ids(cu_seqlens, total)
+
+    def same_document_causal(batch, head, q_index, kv_index):
+        return (docs[q_index] == docs[kv_index]) & (q_index >= kv_index)
+
+    block_mask = create_block_mask(
+        same_document_causal, None, None, total, total, device=cu_seqlens.device
+    )
+    _BLOCK_MASK_CACHE[:] = [cu_seqlens, total, block_mask]
+    return block_mask
+
+
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.cache
+def _varlen_attention():
+    """torch's varlen flash attention and how this torch spells 'causal', or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    parameters = inspect.signature(varlen_attn).parameters
+    if "is_causal" in parameters:
+        causal = {"is_causal": True}
+    elif "window_size" in parameters:
+        causal = {"window_size": (-1, 0)}
+    else:
+        return None
+    return varlen_attn, causal, "enable_gqa" in parameters
+
+
+def varlen_document_attention(q, k, v, cu_seqlens, max_seqlen, scale):
+    """torch.nn.attention.varlen: flash attention over cu_seqlens (CUDA, fp16/bf16)."""
+    varlen_attn, causal, has_gqa = _varlen_attention()
+    gqa = {}
+    if q.size(1) != k.size(1):
+        if has_gqa:
+            gqa = {"enable_gqa": True}
+        else:
+            k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+            v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    return varlen_attn(
+        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale, **causal, **gqa
+    )
+
+
+def document_attention_kernel(query: torch.Tensor) -> Kernel:
+    """The one place that picks the kernel, from the device and dtype of the query."""
+    if query.device.type == "cuda":
+        if query.dtype in (torch.float16, torch.bfloat16) and _varlen_attention() is not None:
+            return varlen_document_attention
+        if _has_flex_attention():
+            return flex_document_attention
+    return sdpa_per_document
+
+
+@functools.cache
+def _has_flex_attention() -> bool:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class DocumentAttention(MegatronModule):
+    """megatron-core core attention: causal attention inside each document of a pack.
+
+    Built by megatron's SelfAttention with the ``CoreAttentionBuilder`` keywords.  Heads are
+    whatever this tensor-parallel rank holds; the GQA ratio is read from the tensors (megatron
+    hands over ``groups_per_rank`` key/value heads, one when groups are split across ranks).
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config)
+        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        unsupported = {
+            "attention_dropout > 0": dropout > 0,
+            "context_parallel_size > 1": config.context_parallel_size > 1,
+            "softmax_type other than vanilla": config.softmax_type != "vanilla",
+            "sliding-window attention": config.window_size is not None,
+        }
+        refused = [name for name, present in unsupported.items() if present]
+        if refused:
+            raise ValueError(
+                f"the torch attention backend does not support {', '.join(refused)}; "
+                "use --attention-backend te or local"
+            )
+        if attention_type != "self":
+            raise ValueError(f"DocumentAttention is self-attention only; got {attention_type!r}")
+        head_dim = config.kv_channels
+        # apply_query_key_layer_scaling only rescales inside megatron's fused softmax; the
+        # product is the plain 1/sqrt(d) scale, which is what we apply.
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+        self.layer_number = layer_number
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias: torch.Tensor | None = None,
+        packed_seq_params: PackedSeqParams | None = None,
+    ) -> torch.Tensor:
+        cu_seqlens = _document_boundaries(packed_seq_params, attention_mask, attention_bias)
+        kernel = document_attention_kernel(query)
+        if packed_seq_params.qkv_format == "thd":
+            # [t, heads, dim] already, megatron squeezed the dummy batch dimension.
+            _check_token_count(cu_seqlens, query.size(0))
+            out = kernel(query, key, value, cu_seqlens, packed_seq_params.max_seqlen_q, self.softmax_scale)
+            return out.reshape(out.size(0), -1)
+        seq, batch = query.shape[:2]
+        _check_token_count(cu_seqlens, seq * batch)
+        flat = [_batch_major(x) for x in (query, key, value)]
+        out = kernel(*flat, cu_seqlens, packed_seq_params.max_seqlen_q, self.softmax_scale)
+        # [b*s, heads, dim] -> [s, b, heads*dim]
+        return out.reshape(batch, seq, -1).transpose(0, 1).contiguous()
+
+
+def _batch_major(x: torch.Tensor) -> torch.Tensor:
+    """[s, b, heads, dim] -> [b*s, heads, dim], the token order of the flattened cu_seqlens."""
+    if x.size(1) == 1:
+        return x.squeeze(1)
+    return x.transpose(0, 1).reshape(-1, x.size(2), x.size(3))
+
+
+def _document_boundaries(packed_seq_params, attention_mask, attention_bias) -> torch.Tensor:
+    """The cu_seqlens to attend within, or a loud error: never fall back to plain causal."""
+    if attention_bias is not None:
+        raise ValueError("the torch attention backend does not take an attention_bias")
+    if packed_seq_params is None or packed_seq_params.cu_seqlens_q is None:
+        raise ValueError(
+            "the torch attention backend needs the document boundaries in packed_seq_params "
+            "(megatron_mio.model.attention.attention_kwargs); without them documents of a pack "
+            "would attend to each other"
+        )
+    if packed_seq_params.qkv_format not in ("sbhd", "thd"):
+        raise ValueError(f"unsupported qkv_format {packed_seq_params.qkv_format!r}")
+    if attention_mask is not None:
+        raise ValueError(
+            "the torch attention backend takes documents from packed_seq_params, not from a dense "
+            "attention_mask; pass exactly what attention_kwargs(..., backend='torch') returns"
+        )
+    if packed_seq_params.cu_seqlens_kv is not None and (
+        packed_seq_params.cu_seqlens_kv is not packed_seq_params.cu_seqlens_q
+        and not torch.equal(packed_seq_params.cu_seqlens_kv, packed_seq_params.cu_seqlens_q)
+    ):
+        raise ValueError("self-attention over documents needs cu_seqlens_kv == cu_seqlens_q")
+    return packed_seq_params.cu_seqlens_q
+
+
+def _check_token_count(cu_seqlens: torch.Tensor, tokens: int) -> None:
+    # Only on the CPU: on CUDA this would stall the stream on every layer, and the boundaries
+    # were validated when attention_kwargs built them.
+    if cu_seqlens.device.type == "cpu" and int(cu_seqlens[-1]) != tokens:
+        raise ValueError(
+            f"cu_seqlens cover {int(cu_seqlens[-1])} tokens but the micro-batch has {tokens}"
+        )
