@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: set up .venv if needed, then run the whole pytest suite.
+# Usage: bash tools/run_tests.sh [pytest args...]
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=$(bash "$ROOT/tools/setup_venv.sh" | tail -n1)
+cd "$ROOT"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
+exec "$PY" -m pytest "$@"
