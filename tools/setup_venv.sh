@@ -8,7 +8,8 @@ VENV=${MIO_VENV:-$ROOT/.venv}
 TORCH_VERSION=${MIO_TORCH_VERSION:-2.13.0}
 
 find_python312() {
-  if command -v python3.12 >/dev/null 2>&1; then command -v python3.12; return; fi
+  # (pyenv puts a python3.12 shim on PATH that fails unless 3.12 is selected, so try it.)
+  if python3.12 -c "" >/dev/null 2>&1; then command -v python3.12; return; fi
   if command -v pyenv >/dev/null 2>&1; then
     local version
     version=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.[0-9]+)?$' | sort -V | tail -n1)

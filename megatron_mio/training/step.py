@@ -12,6 +12,7 @@ from functools import partial
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.utils import get_attr_wrapped_model
 
 from megatron_mio.data.batch import Modality
 from megatron_mio.model.attention import attention_kwargs
@@ -41,8 +42,10 @@ def model_inputs(batch: dict, attention_backend: str) -> dict:
 def forward_step(data_iterator, model, attention_backend: str = "local", device=None):
     """megatron-core ``forward_step_func``: returns the stage output and the loss closure."""
     batch = next(data_iterator) if data_iterator is not None else None
-    first = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=getattr(model, "vp_stage", None))
-    last = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=getattr(model, "vp_stage", None))
+    # The chunk's virtual stage sits on the GPTModel inside the DDP / Float16Module wrappers.
+    vp_stage = get_attr_wrapped_model(model, "vp_stage")
+    first = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    last = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()} if device is not None else batch
     inputs = model_inputs(batch, attention_backend)
     if not first:
