@@ -232,13 +232,15 @@ def test_cu_seqlens_that_do_not_cover_the_pack_are_refused():
         attention_kwargs(torch.tensor([[0, 4, 8, -1]], dtype=torch.int32), 10, "torch")
 
 
-def test_tensor_parallel_logits_equal_single_rank(tmp_path):
-    """TP=2 (heads split; GQA groups 2 -> 1 per rank, and 1 group split across ranks) versus TP=1,
-    torch and local backends, same master weights, in one 2-rank torchrun run."""
+def test_tensor_and_pipeline_parallel_logits_equal_single_rank(tmp_path):
+    """TP=2 (heads split; GQA groups 2 -> 1 per rank, and 1 group split across ranks) for the torch
+    and local backends, and PP=2 through megatron's pipeline schedule for the torch backend,
+    versus TP=1 with the same master weights, in one 2-rank torchrun run."""
     worker = REPO_ROOT / "tests" / "workers" / "attention_tp.py"
     run_torchrun(worker, 2, ["--out", tmp_path], timeout=300)
     results = torch.load(tmp_path / "results.pt")
-    assert set(results) == {(b, g) for b in ("torch", "local") for g in (2, 1)}
-    for key, (tp1, tp2) in results.items():
-        assert tp1.shape == tp2.shape == (2, 40, 256)
-        torch.testing.assert_close(tp2, tp1, atol=TOL, rtol=0, msg=str(key))
+    expected = {("tp2", b, g) for b in ("torch", "local") for g in (2, 1)} | {("pp2", "torch", 2)}
+    assert set(results) == expected
+    for key, (single, parallel) in results.items():
+        assert single.shape == parallel.shape == (2, 40, 256)
+        torch.testing.assert_close(parallel, single, atol=TOL, rtol=0, msg=str(key))
