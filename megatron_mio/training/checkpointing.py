@@ -1,0 +1,247 @@
+"""Checkpoints: megatron-core dist_checkpointing in Megatron-LM's directory layout.
+
+::
+
+    {save}/iter_0000300/                    a dist_checkpointing (torch_dist) directory
+    {save}/latest_checkpointed_iteration.txt  "300", written (temp file + rename) only after every
+                                            rank has finished writing iter_0000300
+
+State-dict keys (what ``iter_N`` holds):
+
+- ``model`` (``model0``, ``model1``, ... with a virtual pipeline): ``GPTModel.sharded_state_dict()``
+  (``embedding.word_embeddings.weight``, ``decoder.layers.{i}.…``, ``decoder.final_layernorm.weight``,
+  ``output_layer.weight``; global layer numbers, TP shards stitched), so any TP/PP reloads it.
+- ``optimizer``: the (distributed) optimizer, distributed optimizer saved ``fully_reshardable``.
+- ``opt_param_scheduler``: the LR / weight-decay schedule.
+- ``rng_state``: per (PP, TP) rank Python/numpy/torch/device RNG and megatron's RNG tracker.
+- ``iteration``, ``consumed_samples``, ``checkpoint_version``, ``args`` (layout and model shape).
+
+``--load`` resumes model, optimizer, schedule, RNG (when the layout is unchanged), iteration and
+consumed samples.  ``--finetune`` takes the model weights only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import threading
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.serialization import StrictHandling
+from megatron.core.utils import unwrap_model
+
+log = logging.getLogger(__name__)
+
+TRACKER = "latest_checkpointed_iteration.txt"
+CHECKPOINT_VERSION = 3.0
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def iteration_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def read_tracker(root: str) -> int | None:
+    """The latest complete iteration under ``root``, or None when there is none."""
+    path = os.path.join(root, TRACKER)
+    if not os.path.exists(path):
+        return None
+    text = open(path, encoding="utf-8").read().strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{path}: expected an iteration number, found {text!r}") from None
+
+
+def write_tracker(root: str, iteration: int) -> None:
+    """Point ``latest_checkpointed_iteration.txt`` at ``iteration`` atomically."""
+    tmp = os.path.join(root, f".{TRACKER}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(str(iteration))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, os.path.join(root, TRACKER))
+
+
+def model_keys(num_chunks: int) -> list[str]:
+    return ["model"] if num_chunks == 1 else [f"model{i}" for i in range(num_chunks)]
+
+
+def _rng_state() -> dict:
+    return {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "device": torch.cuda.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    torch.cuda.set_rng_state(state["device"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_sharded_object(state) -> ShardedObject:
+    pp, tp = parallel_state.get_pipeline_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_world_size()
+    return ShardedObject(
+        "rng_state", state, (pp, tp),
+        (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()),
+        replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True),
+    )
+
+
+def layout(args) -> dict:
+    """What a checkpoint records about the run that wrote it."""
+    from megatron_mio.training.arguments import model_preset
+
+    return {
+        "tensor_model_parallel_size": args.tensor_model_parallel_size,
+        "pipeline_model_parallel_size": args.pipeline_model_parallel_size,
+        "virtual_pipeline_model_parallel_size": args.virtual_pipeline_model_parallel_size,
+        "data_parallel_size": args.data_parallel_size,
+        "model": asdict(model_preset(args)),
+        "padded_vocab_size": args.padded_vocab_size,
+        "vocab_size": args.true_vocab_size,
+        "seq_length": args.seq_length,
+        "bf16": args.bf16,
+    }
+
+
+def sharded_state_dict(args, model, optimizer=None, scheduler=None, *, is_loading=False, rng=True) -> dict:
+    chunks = unwrap_model(model)
+    state = {}
+    model_state = {}
+    for key, chunk in zip(model_keys(len(chunks)), chunks):
+        state[key] = chunk.sharded_state_dict()
+        model_state[key] = state[key]
+    if optimizer is not None:
+        flat = {}
+        for key in model_state:
+            flat.update(model_state[key])
+        state["optimizer"] = optimizer.sharded_state_dict(flat, is_loading=is_loading, metadata=OPTIMIZER_METADATA)
+    if scheduler is not None:
+        state["opt_param_scheduler"] = scheduler.state_dict()
+    if rng:
+        state["rng_state"] = _rng_sharded_object(_rng_state() if not is_loading else None)
+    return state
+
+
+class Checkpointer:
+    """Saves and loads; with ``--async-save`` the write runs in a background process."""
+
+    def __init__(self, args):
+        self.args = args
+        self.async_queue = None
+        self._warmup = None
+        if args.save:
+            # torch_dist writers report through a queue served by a *spawned* manager process,
+            # which takes seconds to start (it re-imports the entry module).  Start it now, in
+            # the background, instead of stalling the first save.
+            from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
+
+            self._warmup = threading.Thread(target=get_write_results_queue, daemon=True)
+            self._warmup.start()
+        if args.async_save:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self.async_queue = AsyncCallsQueue()
+
+    # ---- save -------------------------------------------------------------------------------
+    def save(self, iteration: int, consumed_samples: int, model, optimizer, scheduler) -> None:
+        args = self.args
+        self.finalize(blocking=True)  # one checkpoint in flight at a time
+        if self._warmup is not None:
+            self._warmup.join()
+            self._warmup = None
+        directory = iteration_dir(args.save, iteration)
+        if torch.distributed.get_rank() == 0:
+            os.makedirs(args.save, exist_ok=True)
+            if os.path.exists(directory):  # left over by a run that died while writing it
+                shutil.rmtree(directory)
+            os.makedirs(directory)
+        torch.distributed.barrier()
+        state = sharded_state_dict(
+            args, model,
+            None if args.no_save_optim else optimizer,
+            None if args.no_save_optim else scheduler,
+            rng=not args.no_save_rng,
+        )
+        state.update(iteration=iteration, consumed_samples=consumed_samples,
+                     checkpoint_version=CHECKPOINT_VERSION, args=layout(args))
+        request = dist_checkpointing.save(
+            state, directory, async_sharded_save=self.async_queue is not None, async_strategy="mcore",
+            content_metadata=OPTIMIZER_METADATA,
+        )
+
+        def mark_complete():
+            if torch.distributed.get_rank() == 0:
+                write_tracker(args.save, iteration)
+
+        if self.async_queue is None:
+            torch.distributed.barrier()
+            mark_complete()
+            torch.distributed.barrier()
+        else:
+            request.add_finalize_fn(mark_complete)
+            self.async_queue.schedule_async_request(request)
+
+    def finalize(self, blocking: bool = False) -> None:
+        """Finish background saves that are done (all of them when ``blocking``)."""
+        if self.async_queue is not None:
+            self.async_queue.maybe_finalize_async_calls(blocking=blocking)
+
+    def close(self) -> None:
+        if self.async_queue is not None:
+            self.async_queue.maybe_finalize_async_calls(blocking=True)
+            self.async_queue.close()
+
+    # ---- load -------------------------------------------------------------------------------
+    def load(self, model, optimizer, scheduler) -> tuple[int, int]:
+        """Load ``--load``'s latest checkpoint; returns (iteration, consumed samples)."""
+        args = self.args
+        iteration = read_tracker(args.load)
+        if iteration is None:
+            if args.finetune:
+                raise FileNotFoundError(f"--finetune: no {TRACKER} in {args.load}")
+            log.warning("no checkpoint in %s (%s missing): starting from scratch", args.load, TRACKER)
+            return 0, 0
+        directory = iteration_dir(args.load, iteration)
+        common = dist_checkpointing.load_common_state_dict(directory)
+        saved = common.get("args", {})
+        same_layout = all(
+            saved.get(k) == getattr(args, k)
+            for k in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
+        )
+        weights_only = args.finetune
+        load_optim = not weights_only and not args.no_load_optim and "opt_param_scheduler" in common
+        load_rng = not weights_only and not args.no_load_rng and same_layout
+        state = sharded_state_dict(
+            args, model,
+            optimizer if load_optim else None,
+            scheduler if load_optim else None,
+            is_loading=True, rng=load_rng,
+        )
+        loaded = dist_checkpointing.load(state, directory, strict=StrictHandling.ASSUME_OK_UNEXPECTED)
+        for key, chunk in zip(model_keys(len(unwrap_model(model))), unwrap_model(model)):
+            chunk.load_state_dict(loaded[key], strict=True)
+        if weights_only:
+            log.info("loaded model weights from %s (iteration %d); starting at iteration 0", directory, iteration)
+            return 0, 0
+        if load_optim:
+            optimizer.load_state_dict(loaded["optimizer"])
+            scheduler.load_state_dict(loaded["opt_param_scheduler"])
+        if load_rng:
+            _set_rng_state(loaded["rng_state"])
+        log.info("resumed from %s: iteration %d, %d samples consumed", directory, iteration, loaded["consumed_samples"])
+        return int(loaded["iteration"]), int(loaded["consumed_samples"])
+

@@ -1,0 +1,56 @@
+"""Where the trainer's micro-batches come from: the packed dataset, or ``--mock-data``.
+
+The trainer needs one iterator per model chunk (the interleaved pipeline schedule pulls from each
+chunk's iterator), all yielding the same micro-batches in the same order, starting after
+``consumed_samples`` so that a resumed run continues exactly where the saved one stopped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from megatron.core import parallel_state
+
+from megatron_mio.training.mock_data import mock_batches, mock_modality_table
+
+
+def modality_table(args) -> np.ndarray:
+    """Per-token modality lookup: from the tokenizer, or the mock split of the id space."""
+    if args.tokenizer_model:
+        from megatron_mio.tokenizer import MIOTokenizer
+
+        return MIOTokenizer(args.tokenizer_model).modality_table()
+    return mock_modality_table(args.true_vocab_size)
+
+
+def tokenizer_vocab_size(args) -> int:
+    if args.tokenizer_model:
+        from megatron_mio.tokenizer import MIOTokenizer
+
+        return int(MIOTokenizer(args.tokenizer_model).vocab_size)
+    return int(args.vocab_size)
+
+
+def _one_iterator(args, table, consumed_samples: int, seed_offset: int):
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    if args.mock_data:
+        return mock_batches(
+            seed=args.seed + seed_offset, seq_length=args.seq_length, vocab_size=args.true_vocab_size,
+            micro_batch_size=args.micro_batch_size, data_parallel_rank=dp_rank,
+            data_parallel_size=dp_size, consumed_samples=consumed_samples,
+        )
+    from megatron_mio.training import real_data
+
+    return real_data.packed_batches(
+        args, table, consumed_samples=consumed_samples, data_parallel_rank=dp_rank,
+        data_parallel_size=dp_size, seed_offset=seed_offset,
+    )
+
+
+def train_iterators(args, table, consumed_samples: int, num_chunks: int) -> list:
+    return [_one_iterator(args, table, consumed_samples, 0) for _ in range(num_chunks)]
+
+
+def valid_iterators(args, table, num_chunks: int) -> list:
+    """Validation batches: a fixed stream (the same at every evaluation), different seed."""
+    return [_one_iterator(args, table, 0, 1) for _ in range(num_chunks)]

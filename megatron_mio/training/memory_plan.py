@@ -1,0 +1,345 @@
+"""Memory per GPU of a MIO training layout, and the layouts that fit (``tools/plan_parallelism.py``).
+
+The estimate is an itemised count of what megatron-core keeps in memory on the busiest rank:
+
+* **weights, gradients, optimizer states** from the parameters each (TP, PP) rank holds: the
+  embedding on the first stage, the untied output layer and final norm on the last, ``L / PP``
+  transformer layers on each, matrices split ``1 / TP``, norms replicated.  Bytes per parameter
+  follow megatron-core's mixed precision: bf16 weights (2), fp32 gradient buffer (4), fp32 main
+  weights + Adam's two moments (12).  The distributed optimizer splits those 12 bytes over DP.
+  Pure fp32 (the CPU path) keeps no main copy: 4 + 4 + 8.
+* **activations**: the tensors autograd saves during the forward pass, counted tensor by tensor
+  for megatron-core's transformer layer (see :func:`layer_activation_bytes`), times the layers
+  whose activations are alive at once under the 1F1B schedule (the first stage holds ``PP``
+  micro-batches of ``L / PP`` layers; with an interleaved schedule a bit more).
+* **transient** peaks in the backward pass: the gradient of the fp32 logits on the last stage,
+  and one layer recomputed under full recompute.
+
+What it does not model (allocator fragmentation, the CUDA context, NCCL buffers, TE
+workspaces) is covered by a fixed reserve (``overhead_gib``) when judging whether a layout fits.
+``tests/test_plan_parallelism.py`` checks the counts against what a tiny megatron-core GPTModel
+really allocates on the CPU: parameters, gradient buffers and optimizer states exactly, saved
+activations within a stated tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from megatron_mio.model.presets import ModelPreset
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per element of each kind of state."""
+
+    name: str
+    activation: int  # activations and weights as the model computes with them
+    weight: int
+    grad: int  # the DDP gradient buffer
+    main_weight: int  # fp32 master copy kept by the optimizer (0: the weights are already fp32)
+    adam_states: int = 8  # exp_avg + exp_avg_sq, fp32
+
+
+BF16 = Precision("bf16", activation=2, weight=2, grad=4, main_weight=4)
+FP32 = Precision("fp32", activation=4, weight=4, grad=4, main_weight=0)
+PRECISIONS = {p.name: p for p in (BF16, FP32)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One way to spread training over GPUs."""
+
+    tp: int
+    pp: int
+    dp: int
+    vpp: int | None = None  # virtual pipeline stages per rank (interleaved 1F1B)
+    sequence_parallel: bool = False
+    distributed_optimizer: bool = True
+    recompute: str | None = None  # None, "selective" (core attention) or "full" (every layer)
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def describe(self) -> str:
+        parts = [f"TP{self.tp}", f"PP{self.pp}", f"DP{self.dp}"]
+        if self.vpp:
+            parts.append(f"VPP{self.vpp}")
+        if self.sequence_parallel:
+            parts.append("SP")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Which implementation the activations come from (they save different tensors).
+
+    ``attention``: ``flash`` (transformer-engine / varlen flash / SDPA: q, k, v, output and the
+    log-sum-exp are saved, no ``s x s`` matrix) or ``dense`` (megatron's local DotProductAttention
+    with a dense document mask: keys and values repeated to every head, the softmax and the
+    probabilities saved).  ``fused_swiglu``: megatron's fused bias-SwiGLU keeps only its input
+    (GPU); unfused (CPU) also keeps the SiLU output.
+    """
+
+    attention: str = "flash"
+    fused_swiglu: bool = True
+
+
+GPU_KERNELS = Kernels("flash", fused_swiglu=True)
+CPU_LOCAL_KERNELS = Kernels("dense", fused_swiglu=False)
+
+
+# ---------------------------------------------------------------------------------- parameters
+
+
+def layer_parameters(preset: ModelPreset, tp: int) -> int:
+    """Parameters of one transformer layer on one TP rank (matrices split, norms replicated)."""
+    h, f = preset.hidden_size, preset.ffn_hidden_size
+    kv = h // preset.num_attention_heads
+    qkv = h * (preset.num_attention_heads + 2 * preset.num_query_groups) * kv
+    proj = preset.num_attention_heads * kv * h
+    mlp = h * 2 * f + f * h  # SwiGLU: gate and up in one fc1, then fc2
+    norms = 2 * h
+    return (qkv + proj + mlp) // tp + norms
+
+
+def stage_parameters(preset: ModelPreset, vocab_padded: int, tp: int, pp: int, stage: int) -> int:
+    """Parameters held by one (TP, PP) rank of pipeline stage ``stage`` (0-based)."""
+    layers = preset.num_layers // pp
+    count = layers * layer_parameters(preset, tp)
+    embedding = vocab_padded * preset.hidden_size // tp
+    if stage == 0:
+        count += embedding
+    if stage == pp - 1:
+        count += embedding + preset.hidden_size  # untied output layer + final norm
+    return count
+
+
+def total_parameters(preset: ModelPreset, vocab_size: int) -> int:
+    return stage_parameters(preset, vocab_size, 1, 1, 0)
+
+
+# ---------------------------------------------------------------------------------- activations
+
+
+def layer_activation_bytes(preset: ModelPreset, seq: int, micro_batch: int, tp: int,
+                           precision: Precision, kernels: Kernels, sequence_parallel: bool = False,
+                           recompute: str | None = None) -> int:
+    """Bytes autograd saves for one transformer layer and one micro-batch on one TP rank.
+
+    Tensor by tensor (``sbh`` = seq x batch x hidden elements):
+      norms (input and pre-MLP): the input and the normalised output, ``2 sbh`` each, and the
+        fp32 reciprocal RMS; with sequence parallelism the norm tensors are ``1/TP``;
+      attention, dense: q, k and v repeated to all heads (``3 sbh/TP``), the fp32 softmax and,
+        below fp32, the probabilities in the compute dtype (``b heads/TP s^2`` each), and the
+        context fed to the output projection (``sbh/TP``);
+      attention, flash: q, the grouped k and v, the output (``sbh/TP``, shared with the
+        projection's input) and the fp32 log-sum-exp;
+      MLP: fc1's output (``2 s b ffn/TP``), the SwiGLU product fed to fc2 (``s b ffn/TP``) and,
+        unfused, the SiLU output (``s b ffn/TP``).
+    Selective recompute keeps only q, k, v of the core attention; full recompute keeps only the
+    layer's input (``sbh``, ``1/TP`` with sequence parallelism).
+    """
+    e = precision.activation
+    s, b, h = seq, micro_batch, preset.hidden_size
+    heads = preset.num_attention_heads
+    kv = h // heads
+    f = preset.ffn_hidden_size
+    sbh = s * b * h
+    norm_share = tp if sequence_parallel else 1
+    if recompute == "full":
+        return sbh * e // norm_share
+
+    norms = 2 * (2 * sbh * e // norm_share + s * b * 4)
+    groups_width = preset.num_query_groups * kv
+    if kernels.attention == "dense":
+        softmax = b * heads * s * s // tp * (4 + (e if e < 4 else 0))
+        attention = 3 * sbh * e // tp + sbh * e // tp
+        if recompute == "selective":
+            # q, k, v are the checkpoint's inputs (grouped, before repetition) + the context.
+            attention = (sbh + 2 * s * b * groups_width) * e // tp + sbh * e // tp
+            softmax = 0
+        attention += softmax
+    elif kernels.attention == "flash":
+        attention = (sbh + 2 * s * b * groups_width + sbh) * e // tp + b * heads * s * 4 // tp
+    else:
+        raise ValueError(f"unknown attention kernel {kernels.attention!r}; use 'flash' or 'dense'")
+    mlp = (2 + 1 + (0 if kernels.fused_swiglu else 1)) * s * b * f * e // tp
+    return norms + attention + mlp
+
+
+def shared_activation_bytes(preset: ModelPreset, seq: int, micro_batch: int,
+                            kernels: Kernels) -> int:
+    """Per micro-batch, shared by every layer: the dense document mask, RoPE's cos and sin."""
+    kv = preset.hidden_size // preset.num_attention_heads
+    mask = micro_batch * seq * seq if kernels.attention == "dense" else 0
+    return mask + 2 * seq * kv * 4
+
+
+def output_activation_bytes(preset: ModelPreset, vocab_padded: int, seq: int, micro_batch: int,
+                            tp: int, precision: Precision, sequence_parallel: bool = False) -> int:
+    """Last stage: final norm (input, output, rstd) and the fp32 softmax of the vocab-parallel
+    cross-entropy (``s b V/TP``), plus its target mask and indices."""
+    e = precision.activation
+    s, b, h = seq, micro_batch, preset.hidden_size
+    norm_share = tp if sequence_parallel else 1
+    final_norm = 2 * s * b * h * e // norm_share + s * b * 4
+    if sequence_parallel:
+        final_norm += s * b * h * e  # the output layer gathers the sequence
+    cross_entropy = s * b * vocab_padded // tp * 4 + s * b * (1 + 8)
+    return final_norm + cross_entropy
+
+
+def in_flight_microbatches(pp: int, vpp: int | None, num_microbatches: int) -> float:
+    """Micro-batches whose activations the first stage holds at the 1F1B peak (in units of one
+    micro-batch through the stage's layers); the interleaved schedule adds (PP-1)/(PP*VPP)."""
+    if pp == 1:
+        return 1.0
+    held = min(pp, num_microbatches)
+    if vpp:
+        held *= 1 + (pp - 1) / (pp * vpp)
+    return held
+
+
+# ---------------------------------------------------------------------------------- estimate
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes on the busiest rank, by kind."""
+
+    layout: Layout
+    weights: int
+    grads: int
+    optimizer: int
+    activations: int
+    transient: int
+    stage: int  # the pipeline stage this is for
+    parameters: int  # parameters held by that rank
+    breakdown: dict = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.grads + self.optimizer + self.activations + self.transient
+
+
+def state_bytes(parameters: int, dp: int, precision: Precision,
+                distributed_optimizer: bool) -> tuple[int, int, int]:
+    """(weights, grads, optimizer) bytes for ``parameters`` parameters on one rank."""
+    optimizer = parameters * (precision.main_weight + precision.adam_states)
+    if distributed_optimizer:
+        optimizer = math.ceil(optimizer / dp)
+    return parameters * precision.weight, parameters * precision.grad, optimizer
+
+
+def estimate(preset: ModelPreset, vocab_padded: int, layout: Layout, *, seq_length: int,
+             micro_batch: int, num_microbatches: int = 1, precision: Precision = BF16,
+             kernels: Kernels = GPU_KERNELS) -> MemoryEstimate:
+    """The memory of the busiest pipeline stage of ``layout``."""
+    if preset.num_layers % layout.pp:
+        raise ValueError(f"{preset.num_layers} layers do not split over PP={layout.pp}")
+    if preset.num_attention_heads % layout.tp or preset.num_query_groups % layout.tp:
+        raise ValueError(f"{preset.num_attention_heads} heads / {preset.num_query_groups} groups "
+                         f"do not split over TP={layout.tp}")
+    layer = layer_activation_bytes(preset, seq_length, micro_batch, layout.tp, precision, kernels,
+                                   layout.sequence_parallel, layout.recompute)
+    shared = shared_activation_bytes(preset, seq_length, micro_batch, kernels)
+    layers_per_stage = preset.num_layers // layout.pp
+    output = output_activation_bytes(preset, vocab_padded, seq_length, micro_batch, layout.tp,
+                                     precision, layout.sequence_parallel)
+    logits_grad = seq_length * micro_batch * vocab_padded // layout.tp * 4
+    recomputed_layer = 0
+    if layout.recompute == "full":
+        recomputed_layer = layer_activation_bytes(preset, seq_length, micro_batch, layout.tp,
+                                                  precision, kernels, layout.sequence_parallel)
+    best = None
+    for stage in sorted({0, layout.pp - 1}):
+        params = stage_parameters(preset, vocab_padded, layout.tp, layout.pp, stage)
+        weights, grads, optimizer = state_bytes(params, layout.dp, precision,
+                                                layout.distributed_optimizer)
+        held = in_flight_microbatches(layout.pp, layout.vpp, num_microbatches) if stage == 0 else 1.0
+        activations = int(held * (layers_per_stage * layer + shared))
+        transient = recomputed_layer
+        if stage == layout.pp - 1:
+            activations += output
+            transient += logits_grad
+        candidate = MemoryEstimate(
+            layout, weights, grads, optimizer, activations, transient, stage, params,
+            breakdown={"per_layer_activation": layer, "shared_activation": shared,
+                       "output_activation": output if stage == layout.pp - 1 else 0,
+                       "microbatches_in_flight": held},
+        )
+        if best is None or candidate.total > best.total:
+            best = candidate
+    return best
+
+
+# ---------------------------------------------------------------------------------- planning
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_layouts(preset: ModelPreset, gpus: int, gpus_per_node: int = 8,
+                      sequence_parallel: bool = False) -> list[Layout]:
+    """Every TP x PP x DP = gpus with TP inside a node and the model dividing evenly."""
+    layouts = []
+    for tp in divisors(gpus):
+        if tp > gpus_per_node or preset.num_attention_heads % tp or preset.num_query_groups % tp:
+            continue
+        for pp in divisors(gpus // tp):
+            if preset.num_layers % pp:
+                continue
+            for recompute in (None, "selective", "full"):
+                for dist_opt in (True, False):
+                    layouts.append(Layout(tp, pp, gpus // (tp * pp), sequence_parallel=
+                                          sequence_parallel and tp > 1,
+                                          distributed_optimizer=dist_opt, recompute=recompute))
+    return layouts
+
+
+@dataclass
+class PlanRow:
+    estimate: MemoryEstimate
+    fits: bool
+    global_batches: list[tuple[int, int, float]]  # (global batch, micro-batches, pipeline bubble)
+
+
+def global_batch_options(layout: Layout, micro_batch: int, counts=(1, 2, 4, 8, 16, 32, 64)):
+    """(global batch, micro-batches per step, 1F1B bubble fraction (PP-1)/m) options."""
+    options = []
+    for m in counts:
+        if layout.pp > 1 and m < layout.pp:
+            continue
+        bubble = (layout.pp - 1) / (m * (layout.vpp or 1)) if layout.pp > 1 else 0.0
+        options.append((micro_batch * layout.dp * m, m, bubble))
+    return options
+
+
+def plan(preset: ModelPreset, vocab_size: int, *, gpus: int,
+         gpu_memory_gib: float, seq_length: int, micro_batch: int, precision: Precision = BF16,
+         kernels: Kernels = GPU_KERNELS, overhead_gib: float = 4.0, gpus_per_node: int = 8,
+         sequence_parallel: bool = False, num_microbatches: int = 8,
+         divisible_by: int = 128) -> list[PlanRow]:
+    """Estimate every candidate layout; rows sorted fitting first, then by fewest model-parallel
+    GPUs (less communication), then by memory."""
+    from megatron_mio.model.presets import padded_vocab_size
+
+    rows = []
+    for layout in candidate_layouts(preset, gpus, gpus_per_node, sequence_parallel):
+        vocab_padded = padded_vocab_size(vocab_size, divisible_by, layout.tp)
+        est = estimate(preset, vocab_padded, layout, seq_length=seq_length, micro_batch=micro_batch,
+                       num_microbatches=max(num_microbatches, layout.pp), precision=precision,
+                       kernels=kernels)
+        fits = est.total + overhead_gib * GIB <= gpu_memory_gib * GIB
+        rows.append(PlanRow(est, fits, global_batch_options(layout, micro_batch)))
+    recompute_cost = {None: 0, "selective": 1, "full": 2}
+    rows.sort(key=lambda r: (not r.fits, r.estimate.layout.tp * r.estimate.layout.pp,
+                             recompute_cost[r.estimate.layout.recompute],
+                             not r.estimate.layout.distributed_optimizer, r.estimate.total))
+    return rows

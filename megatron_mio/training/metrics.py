@@ -1,0 +1,199 @@
+"""What the trainer reports: Megatron's iteration line, TensorBoard, and ``--metrics-file``.
+
+Every logged iteration produces one record (a dict); the console line, the TensorBoard scalars
+and the JSON line are all printed from that record, so they always agree.  Losses are averaged
+per labelled token over the log interval (the same per-token average the gradient uses);
+per-modality losses are over the tokens whose *label* is text, image or speech.
+
+Throughput: ``tokens/s`` counts every position of every pack.  Model FLOPs are counted as
+3 x forward (forward + backward, no recomputation), with the attention term over the pairs that
+document-causal attention really computes (sum over documents of n(n+1)/2), so packs of many short
+documents are not credited with dense-attention work.  MFU divides by the device's dense peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from megatron_mio.data.batch import Modality, valid_cu_seqlens
+
+# Dense (no sparsity) peak TFLOP/s per device by precision, from the vendors' data sheets.
+# Matched by substring of torch.cuda.get_device_name(), most specific first.
+PEAK_TFLOPS = (
+    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "fp32": 378.0}),
+    ("H100", {"bf16": 989.0, "fp16": 989.0, "fp32": 494.5}),
+    ("H200", {"bf16": 989.0, "fp16": 989.0, "fp32": 494.5}),
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0}),
+)
+
+
+def peak_tflops(device_name: str | None, precision: str) -> float | None:
+    """The device's peak for ``precision`` (fp32 means TF32 tensor cores), None if unknown/CPU."""
+    if not device_name:
+        return None
+    for key, peaks in PEAK_TFLOPS:
+        if key in device_name:
+            return peaks[precision]
+    return None
+
+
+def forward_flops_per_token(preset, padded_vocab: int) -> float:
+    """Matmul FLOPs of one token through the model, without the attention score/value products."""
+    h, layers = preset.hidden_size, preset.num_layers
+    head_dim = h // preset.num_attention_heads
+    qkv = h * (h + 2 * preset.num_query_groups * head_dim)
+    per_layer = qkv + h * h + 3 * h * preset.ffn_hidden_size  # q/k/v, output projection, SwiGLU
+    return 2.0 * (layers * per_layer + h * padded_vocab)
+
+
+def attention_pairs(cu_seqlens: torch.Tensor) -> int:
+    """Query-key pairs that document-causal attention computes in a micro-batch."""
+    total = 0
+    for row in cu_seqlens:
+        lengths = valid_cu_seqlens(row).diff().to(torch.int64)
+        total += int((lengths * (lengths + 1) // 2).sum())
+    return total
+
+
+class CountingIterator:
+    """Wraps a batch iterator and counts tokens and attention pairs of what it yields."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+        self.tokens = 0
+        self.pairs = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.iterator)
+        self.tokens += batch["tokens"].numel()
+        self.pairs += attention_pairs(batch["cu_seqlens"])
+        return batch
+
+    def take(self) -> tuple[int, int]:
+        counts = (self.tokens, self.pairs)
+        self.tokens = self.pairs = 0
+        return counts
+
+
+@dataclass
+class IntervalStats:
+    """Sums over the iterations since the last log line."""
+
+    loss_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(2 + 2 * len(Modality), dtype=torch.float64))
+    iterations: int = 0
+    skipped: int = 0
+    grad_norms: list = field(default_factory=list)
+    tokens: int = 0
+    pairs: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class MetricsLogger:
+    def __init__(self, args, preset, world_size: int, device_name: str | None, is_logging_rank: bool):
+        self.args = args
+        self.preset = preset
+        self.world_size = world_size
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+        self.peak = peak_tflops(device_name, precision)
+        self.is_logging_rank = is_logging_rank
+        self.flops_per_token = forward_flops_per_token(preset, args.padded_vocab_size)
+        self.writer = None
+        if is_logging_rank and args.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=args.tensorboard_dir)
+        self.metrics_path = args.metrics_file if is_logging_rank else None
+        if self.metrics_path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
+
+    def record(self, *, iteration: int, consumed_samples: int, lr: float, stats: IntervalStats,
+               total_skipped: int, loss_scale: float | None) -> dict:
+        elapsed = time.time() - stats.started
+        per_iter = elapsed / max(stats.iterations, 1)
+        sums = stats.loss_sums
+
+        def mean(total, count):
+            return float(total / count) if count > 0 else None
+
+        model_flops = 3.0 * (stats.tokens * self.flops_per_token
+                             + 4.0 * self.preset.hidden_size * self.preset.num_layers * stats.pairs)
+        tflops_per_gpu = model_flops / elapsed / self.world_size / 1e12 if elapsed > 0 else 0.0
+        finite_norms = [n for n in stats.grad_norms if n == n and abs(n) != float("inf")]
+        return {
+            "iteration": iteration,
+            "train_iters": self.args.train_iters,
+            "consumed_samples": consumed_samples,
+            "elapsed_ms_per_iteration": per_iter * 1000.0,
+            "learning_rate": lr,
+            "global_batch_size": self.args.global_batch_size,
+            "loss": mean(sums[0], sums[1]),
+            "loss_text": mean(sums[2], sums[3]),
+            "loss_image": mean(sums[4], sums[5]),
+            "loss_speech": mean(sums[6], sums[7]),
+            "tokens_text": int(sums[3]), "tokens_image": int(sums[5]), "tokens_speech": int(sums[7]),
+            "grad_norm": stats.grad_norms[-1] if stats.grad_norms else None,
+            "grad_norm_mean": sum(finite_norms) / len(finite_norms) if finite_norms else None,
+            "loss_scale": loss_scale,
+            "skipped_iterations": stats.skipped,
+            "total_skipped_iterations": total_skipped,
+            "tokens_per_second": stats.tokens / elapsed if elapsed > 0 else 0.0,
+            "tflops_per_gpu": tflops_per_gpu,
+            "mfu": tflops_per_gpu / self.peak if self.peak else None,
+        }
+
+    def emit(self, record: dict) -> None:
+        if not self.is_logging_rank:
+            return
+        print(format_line(record), flush=True)
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("iteration", "train_iters"):
+                    self.writer.add_scalar(key, value, record["iteration"])
+            self.writer.flush()
+        if self.metrics_path:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def emit_eval(self, iteration: int, valid_loss: float | None) -> None:
+        """The validation loss line (and its TensorBoard scalar / JSON line)."""
+        print(f" validation loss at iteration {iteration} | lm loss: {_fmt(valid_loss, '.6E')} |", flush=True)
+        if self.writer is not None and valid_loss is not None:
+            self.writer.add_scalar("valid_loss", valid_loss, iteration)
+        if self.metrics_path:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"iteration": iteration, "valid_loss": valid_loss}) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_line(r: dict) -> str:
+    """Megatron-LM's iteration line, with the per-modality losses and MFU added."""
+    return (
+        f" iteration {r['iteration']:8d}/{r['train_iters']:8d} |"
+        f" consumed samples: {r['consumed_samples']:12d} |"
+        f" elapsed time per iteration (ms): {r['elapsed_ms_per_iteration']:.1f} |"
+        f" learning rate: {r['learning_rate']:.6E} |"
+        f" global batch size: {r['global_batch_size']:5d} |"
+        f" lm loss: {_fmt(r['loss'], '.6E')} |"
+        f" loss text/image/speech: {_fmt(r['loss_text'], '.4E')} / {_fmt(r['loss_image'], '.4E')} / {_fmt(r['loss_speech'], '.4E')} |"
+        + (f" loss scale: {r['loss_scale']:.1f} |" if r["loss_scale"] is not None else "")
+        + f" grad norm: {_fmt(r['grad_norm'], '.3f')} |"
+        f" number of skipped iterations: {r['skipped_iterations']:3d} |"
+        f" tokens/s: {r['tokens_per_second']:.0f} |"
+        f" TFLOP/s/GPU: {r['tflops_per_gpu']:.1f} |"
+        f" MFU: {_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f')}{'' if r['mfu'] is None else '%'} |"
+    )

@@ -1,0 +1,130 @@
+"""megatron-core's (distributed) AdamW, its LR/WD scheduler, and the optimizer step with skipping.
+
+Two silent resume bugs of megatron-core 0.19.2 are fixed here.  Both live in the path where
+neither transformer-engine nor apex is installed, so the distributed optimizer wraps
+``torch.optim.AdamW`` (always the case on CPU):
+
+1. ``DistributedOptimizer.load_state_dict`` gives every parameter's state *the same* ``step``
+   tensor; ``torch.optim.AdamW`` then increments it once per parameter, so after one step the
+   bias correction uses step ``3 + n_params`` instead of 4.  Wrong loss after resume, no error.
+2. ``DistributedOptimizer._set_main_param_and_optimizer_states`` (the fully-reshardable load)
+   copies every tensor of the optimizer state, including ``step``, from a dict that has no
+   ``step`` key, and fails.
+
+``tests/test_checkpoint.py`` resumes 3+3 iterations against 6 straight and compares losses
+exactly; it fails with either fix removed.
+"""
+
+from __future__ import annotations
+
+import math
+from types import MethodType
+
+import torch
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+from megatron.core.optimizer.optimizer import ChainedOptimizer, MegatronOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+
+def optimizer_config(args) -> OptimizerConfig:
+    """AdamW with decoupled weight decay; clipping by global norm (``--clip-grad``)."""
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    return OptimizerConfig(
+        optimizer="adam",
+        lr=args.lr,
+        min_lr=args.min_lr,
+        weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_eps=args.adam_eps,
+        decoupled_weight_decay=True,
+        clip_grad=args.clip_grad,
+        bf16=args.bf16,
+        fp16=args.fp16,
+        params_dtype=dtype,
+        loss_scale=args.loss_scale,
+        initial_loss_scale=args.initial_loss_scale,
+        min_loss_scale=args.min_loss_scale,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+        overlap_param_gather=args.overlap_param_gather,
+    )
+
+
+def build_optimizer(args, model_chunks) -> MegatronOptimizer:
+    optimizer = get_megatron_optimizer(optimizer_config(args), model_chunks)
+    for inner in leaf_optimizers(optimizer):
+        if isinstance(inner, DistributedOptimizer) and isinstance(inner.optimizer, torch.optim.Optimizer):
+            _fix_torch_adam_step_state(inner)
+    return optimizer
+
+
+def build_scheduler(args, optimizer) -> OptimizerParamScheduler:
+    """Warmup then decay, Megatron-LM semantics (steps are iterations)."""
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=args.lr_warmup_init,
+        max_lr=args.lr,
+        min_lr=args.min_lr,
+        lr_warmup_steps=args.lr_warmup_steps,
+        lr_decay_steps=args.lr_decay_iters,
+        lr_decay_style=args.lr_decay_style,
+        start_wd=args.start_weight_decay,
+        end_wd=args.end_weight_decay,
+        wd_incr_steps=args.train_iters,
+        wd_incr_style=args.weight_decay_incr_style,
+        use_checkpoint_opt_param_scheduler=not args.override_opt_param_scheduler,
+        override_opt_param_scheduler=args.override_opt_param_scheduler,
+    )
+
+
+def leaf_optimizers(optimizer: MegatronOptimizer) -> list[MegatronOptimizer]:
+    if isinstance(optimizer, ChainedOptimizer):
+        return list(optimizer.chained_optimizers)
+    return [optimizer]
+
+
+def _fix_torch_adam_step_state(dist_opt: DistributedOptimizer) -> None:
+    """Patch one DistributedOptimizer instance (see the module docstring)."""
+    original_load = dist_opt.load_state_dict
+    original_set = dist_opt._set_main_param_and_optimizer_states
+
+    def load_state_dict(self, state_dict):
+        original_load(state_dict)
+        # Bug 1: give each parameter its own step counter (torch increments it in place).
+        for state in self.optimizer.state.values():
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                state["step"] = step.detach().clone()
+
+    def set_main_param_and_optimizer_states(self, model_param, tensors):
+        # Bug 2: ``step`` is not a per-element tensor of the checkpoint; it is restored from the
+        # param groups by load_state_dict.  Hand the current step through unchanged.
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        step = self.optimizer.state.get(main_param, {}).get("step")
+        if isinstance(step, torch.Tensor) and "step" not in tensors:
+            tensors = {**tensors, "step": step}
+        return original_set(model_param, tensors)
+
+    dist_opt.load_state_dict = MethodType(load_state_dict, dist_opt)
+    dist_opt._set_main_param_and_optimizer_states = MethodType(set_main_param_and_optimizer_states, dist_opt)
+
+
+def optimizer_step(optimizer: MegatronOptimizer) -> tuple[bool, float]:
+    """Clip and step, unless the gradient is not finite: returns (stepped, grad norm).
+
+    megatron-core's ``step()`` only skips on an fp16 loss-scale overflow; with bf16/fp32 a NaN
+    gradient would reach AdamW and poison every weight.  So the same sequence as
+    ``MegatronOptimizer.step`` is run here with a finiteness check between the global grad
+    norm (identical on every rank) and the parameter update.
+    """
+    if optimizer.prepare_grads():  # fp16 loss-scale overflow, already counted by the scaler
+        return False, float("nan")
+    clip = optimizer.config.clip_grad
+    grad_norm = optimizer.clip_grad_norm(clip) if clip > 0 else optimizer.get_grad_norm()
+    grad_norm = float(grad_norm)
+    if not math.isfinite(grad_norm):
+        return False, grad_norm
+    stepped = optimizer.step_with_ready_grads()
+    return bool(stepped), grad_norm
