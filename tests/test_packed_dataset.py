@@ -99,7 +99,7 @@ def test_every_item_follows_the_batch_contract(corpus):
         has_label = item["labels"] != 0
         j = torch.nonzero(has_label[:-1]).flatten()
         assert (segment[j] == segment[j + 1]).all()
-        assert not has_label[-1] or False
+        assert not has_label[-1]  # the last slot is a document end or padding
         assert (item["loss_mask"][~has_label] == 0).all()
     packable = np.flatnonzero(lengths <= s)
     assert sorted(seen) == packable.tolist()  # every document once, whole

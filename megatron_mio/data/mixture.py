@@ -1,0 +1,225 @@
+"""Stage mixtures: which packed datasets a run reads, and in what proportion.
+
+A mixture file (``examples/data/stage1.yaml`` ...) lists data types, each with a weight in packed
+sequences per batch and its dataset prefixes::
+
+    types:
+      image_text_pair: {weight: 12, prefixes: [/data/laion_coco/pairs]}
+      language:        {weight: 2,  prefixes: [/data/refinedweb/pages_00, /data/refinedweb/pages_01]}
+      speech_text_pair: {weight: 2, prefixes: [/data/libriheavy/asr_tts]}
+
+Relative prefixes are resolved against the directory of the YAML file.  Weights must be > 0: a
+type the stage does not use is left out (a zero weight is an error, so a typo cannot silently
+drop data).  Inside a type, prefixes share the type's weight in proportion to their numbers of
+packs, so every pack of the type is equally likely.  ``--data-path w1 p1 w2 p2 ...``
+(Megatron-style; a single prefix needs no weight) maps to one type per prefix.
+
+Mixing is exact, not random: with integer weights summing to ``T``, every run of ``T``
+consecutive samples starting at a multiple of ``T`` holds exactly ``weight`` packs of each type
+(when each type has one prefix), and every prefix of the sample order is within one pack per
+dataset of its target (see ``packing.blend_indices``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+
+from megatron_mio.data.batch import Modality
+from megatron_mio.data.packed_dataset import BlendedPackedDataset, PackedDataset
+from megatron_mio.data.packing import DEFAULT_WINDOW
+from megatron_mio.data.validate import validate_packed_source
+
+
+class MixtureError(ValueError):
+    """A mixture file or --data-path list is malformed."""
+
+
+@dataclass(frozen=True)
+class DataType:
+    name: str
+    weight: float
+    prefixes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Mixture:
+    types: tuple[DataType, ...]
+    source: str  # the YAML path or "--data-path", for messages
+
+
+def _line(node, path: tuple) -> int | None:
+    """1-based line of the YAML node at ``path`` (mapping keys / sequence indices), if found."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            match = [v for k, v in node.value if k.value == key]
+            if not match:
+                return line
+            node = match[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            return line
+        line = node.start_mark.line + 1
+    return line
+
+
+def _positive_weight(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MixtureError(f"{where}: weight must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise MixtureError(f"{where}: weight must be > 0 (leave out a type the stage does not "
+                           f"use), got {value!r}")
+    return float(value)
+
+
+def load_mixture(path: str | os.PathLike) -> Mixture:
+    """Parse a stage mixture YAML; errors name the file, line and field."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        root_node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise MixtureError(f"{path}: no such mixture file") from None
+    except yaml.YAMLError as err:
+        raise MixtureError(f"{path}: not valid YAML: {err}") from None
+
+    def where(*field) -> str:
+        return f"{path}:{_line(root_node, field)}: {'.'.join(map(str, field))}"
+
+    if not isinstance(data, dict) or not isinstance(data.get("types"), dict) or not data["types"]:
+        raise MixtureError(f"{where('types')}: expected a non-empty mapping of data types")
+    unknown = set(data) - {"types", "description"}
+    if unknown:
+        raise MixtureError(f"{where(sorted(unknown)[0])}: unknown field")
+    base = os.path.dirname(os.path.abspath(path))
+    types = []
+    for name, entry in data["types"].items():
+        if not isinstance(entry, dict):
+            raise MixtureError(f"{where('types', name)}: expected {{weight: N, prefixes: [...]}}")
+        unknown = set(entry) - {"weight", "prefixes", "description"}
+        if unknown:
+            raise MixtureError(f"{where('types', name, sorted(unknown)[0])}: unknown field")
+        if "weight" not in entry:
+            raise MixtureError(f"{where('types', name)}: missing field weight")
+        weight = _positive_weight(entry["weight"], where("types", name, "weight"))
+        prefixes = entry.get("prefixes")
+        if not isinstance(prefixes, list) or not prefixes or not all(isinstance(p, str) for p in prefixes):
+            raise MixtureError(f"{where('types', name, 'prefixes')}: expected a non-empty list of "
+                               "dataset prefixes")
+        resolved = tuple(p if os.path.isabs(p) else os.path.join(base, p) for p in prefixes)
+        types.append(DataType(name=str(name), weight=weight, prefixes=resolved))
+    return Mixture(types=tuple(types), source=path)
+
+
+def parse_data_path(values: list[str]) -> Mixture:
+    """Megatron's ``--data-path``: ``PREFIX`` or ``W1 PREFIX1 W2 PREFIX2 ...``."""
+    values = [str(v) for v in values]
+    if len(values) == 1:
+        return Mixture(types=(DataType(values[0], 1.0, (values[0],)),), source="--data-path")
+    if not values or len(values) % 2:
+        raise MixtureError(f"--data-path: expected PREFIX or pairs 'WEIGHT PREFIX ...', got {values}")
+    types = []
+    for i in range(0, len(values), 2):
+        try:
+            weight = float(values[i])
+        except ValueError:
+            raise MixtureError(f"--data-path: item {i + 1} {values[i]!r} is not a weight "
+                               "(expected 'WEIGHT PREFIX' pairs)") from None
+        weight = _positive_weight(weight, f"--data-path item {i + 1}")
+        types.append(DataType(values[i + 1], weight, (values[i + 1],)))
+    return Mixture(types=tuple(types), source="--data-path")
+
+
+def build_mixture_dataset(
+    mixture: Mixture, *, seq_length: int, seed: int, num_samples: int, pad_id: int = 0,
+    modality_table: np.ndarray | None = None, window: int = DEFAULT_WINDOW,
+    max_documents_per_pack: int = 0, cu_seqlens_length: int | None = None,
+    cache_dir: str | None = None,
+) -> BlendedPackedDataset:
+    """All datasets of a mixture, packed and blended into ``num_samples`` sequences."""
+    for data_type in mixture.types:  # every file checked before any packing runs
+        for prefix in data_type.prefixes:
+            validate_packed_source(prefix)
+    datasets, weights, names = [], [], []
+    for data_type in mixture.types:
+        members = [
+            PackedDataset(prefix, seq_length, seed=seed, window=window,
+                          max_documents_per_pack=max_documents_per_pack, pad_id=pad_id,
+                          modality_table=modality_table, cu_seqlens_length=cu_seqlens_length,
+                          cache_dir=cache_dir)
+            for prefix in data_type.prefixes
+        ]
+        total_packs = sum(len(ds) for ds in members)
+        if total_packs == 0:
+            raise MixtureError(f"{mixture.source}: type {data_type.name!r} has no packs "
+                               f"(no document fits seq_length {seq_length})")
+        for ds in members:
+            if len(ds):  # an empty member of a non-empty type just gets no share
+                datasets.append(ds)
+                weights.append(data_type.weight * len(ds) / total_packs)
+                names.append(data_type.name)
+    return BlendedPackedDataset(datasets, weights, num_samples, seed=seed, cache_dir=cache_dir,
+                                names=names)
+
+
+def modality_token_counts(ds: PackedDataset, table: np.ndarray | None) -> np.ndarray:
+    """Tokens per ``Modality`` over the documents the packs hold (dropped documents excluded)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    counts = np.zeros(len(Modality), dtype=np.int64)
+    reader = IndexedDataset(ds.prefix)
+    n_docs = len(ds.lengths)
+    kept = np.zeros(n_docs, dtype=bool)
+    kept[np.asarray(ds.index.doc_ids)] = True
+    chunk = 4096  # documents per read: at most ~11M tokens at seq_length 2,800
+    for start in range(0, n_docs, chunk):
+        stop = min(n_docs, start + chunk)
+        lengths = ds.lengths[start:stop].astype(np.int64)
+        tokens = reader.bin_reader.read(reader.index.dtype, int(lengths.sum()),
+                                        int(reader.index.sequence_pointers[start]))
+        modality = table[tokens] if table is not None else np.zeros(len(tokens), dtype=np.uint8)
+        weight = np.repeat(kept[start:stop], lengths)
+        counts += np.bincount(modality[weight], minlength=len(Modality))[: len(Modality)]
+    return counts
+
+
+def mixture_statistics(blend: BlendedPackedDataset, modality_table: np.ndarray | None) -> dict:
+    """What an operator checks before launching: packs, fill, drops, modality shares of tokens."""
+    s = blend.datasets[0].seq_length
+    per_dataset, expected_tokens, expected_modality = [], 0.0, np.zeros(len(Modality))
+    for ds, name, weight in zip(blend.datasets, blend.names, blend.weights):
+        meta = ds.meta
+        counts = modality_token_counts(ds, modality_table)
+        per_dataset.append(dict(
+            type=name, prefix=ds.prefix, weight=float(weight), documents=meta["n_documents"],
+            packs=meta["n_packs"], packed_tokens=meta["packed_tokens"],
+            efficiency=meta["packed_tokens"] / (meta["n_packs"] * s),
+            dropped_too_long=meta["n_too_long"], dropped_too_long_tokens=meta["too_long_tokens"],
+            dropped_empty=meta["n_empty"],
+            mean_documents_per_pack=(meta["n_documents"] - meta["n_too_long"] - meta["n_empty"])
+            / meta["n_packs"],
+            max_documents_per_pack=meta["max_documents_in_a_pack"],
+        ))
+        # Each draw from this dataset yields packed_tokens / packs tokens on average.
+        expected_tokens += weight * meta["packed_tokens"] / meta["n_packs"]
+        expected_modality += weight * counts / meta["n_packs"]
+    share = expected_modality / expected_modality.sum() if expected_modality.sum() else expected_modality
+    return dict(
+        seq_length=s,
+        packs=sum(d["packs"] for d in per_dataset),
+        efficiency=expected_tokens / s,  # real tokens per slot in the mixture's samples
+        dropped_too_long=sum(d["dropped_too_long"] for d in per_dataset),
+        mean_documents_per_pack=float(np.average([d["mean_documents_per_pack"] for d in per_dataset],
+                                                 weights=blend.weights)),
+        cu_seqlens_length=blend.cu_seqlens_length,
+        token_share={m.name.lower(): float(share[m]) for m in Modality},
+        datasets=per_dataset,
+    )
