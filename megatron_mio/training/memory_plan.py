@@ -76,21 +76,24 @@ class Layout:
 
 @dataclass(frozen=True)
 class Kernels:
-    """Which implementation the activations come from (they save different tensors).
+    """Which implementations the activations come from (they save different tensors).
 
-    ``attention``: ``flash`` (transformer-engine / varlen flash / SDPA: q, k, v, output and the
-    log-sum-exp are saved, no ``s x s`` matrix) or ``dense`` (megatron's local DotProductAttention
-    with a dense document mask: keys and values repeated to every head, the softmax and the
-    probabilities saved).  ``fused_swiglu``: megatron's fused bias-SwiGLU keeps only its input
-    (GPU); unfused (CPU) also keeps the SiLU output.
+    ``attention``: ``flash`` (transformer-engine / varlen flash attention: q, k, v, the output
+    and the log-sum-exp are saved, no ``s x s`` matrix) or ``dense`` (megatron's local
+    DotProductAttention with a dense document mask: keys and values repeated to every head, the
+    fp32 softmax and the probabilities saved).  ``fused_swiglu``: megatron's fused bias-SwiGLU
+    keeps only its input (GPU); unfused (CPU) it also keeps the SiLU output and the gate half.
+    ``fused_norm``: TE's norm+linear and CUDA's RMSNorm keep the input and the normalised output;
+    torch's CPU RMSNorm also keeps the normalised tensor before the weight is applied.
     """
 
     attention: str = "flash"
     fused_swiglu: bool = True
+    fused_norm: bool = True
 
 
-GPU_KERNELS = Kernels("flash", fused_swiglu=True)
-CPU_LOCAL_KERNELS = Kernels("dense", fused_swiglu=False)
+GPU_KERNELS = Kernels("flash", fused_swiglu=True, fused_norm=True)
+CPU_LOCAL_KERNELS = Kernels("dense", fused_swiglu=False, fused_norm=False)
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -126,71 +129,83 @@ def total_parameters(preset: ModelPreset, vocab_size: int) -> int:
 # ---------------------------------------------------------------------------------- activations
 
 
+def norm_activation_bytes(tokens: int, hidden: int, e: int, kernels: Kernels, share: int) -> int:
+    """An RMSNorm feeding a linear layer, ``share`` = TP with sequence parallelism, else 1.
+
+    Fused (TE, CUDA): the input and the output (the linear's input), in the compute dtype, and
+    the fp32 1/rms.  Unfused (torch's CPU RMSNorm computes in fp32): the input upcast to fp32,
+    the fp32 normalised tensor, the output in the compute dtype, and 1/rms.
+    """
+    rows = tokens // share
+    if kernels.fused_norm:
+        return 2 * rows * hidden * e + tokens * 4
+    return 2 * rows * hidden * 4 + rows * hidden * e + tokens * 4
+
+
 def layer_activation_bytes(preset: ModelPreset, seq: int, micro_batch: int, tp: int,
                            precision: Precision, kernels: Kernels, sequence_parallel: bool = False,
                            recompute: str | None = None) -> int:
     """Bytes autograd saves for one transformer layer and one micro-batch on one TP rank.
 
-    Tensor by tensor (``sbh`` = seq x batch x hidden elements):
-      norms (input and pre-MLP): the input and the normalised output, ``2 sbh`` each, and the
-        fp32 reciprocal RMS; with sequence parallelism the norm tensors are ``1/TP``;
+    Tensor by tensor (``sbh`` = seq x batch x hidden elements, ``e`` bytes each):
+      two norms (:func:`norm_activation_bytes`);
+      RoPE: cos and sin for q and for k (``4 s kv_channels``);
       attention, dense: q, k and v repeated to all heads (``3 sbh/TP``), the fp32 softmax and,
-        below fp32, the probabilities in the compute dtype (``b heads/TP s^2`` each), and the
-        context fed to the output projection (``sbh/TP``);
-      attention, flash: q, the grouped k and v, the output (``sbh/TP``, shared with the
-        projection's input) and the fp32 log-sum-exp;
-      MLP: fc1's output (``2 s b ffn/TP``), the SwiGLU product fed to fc2 (``s b ffn/TP``) and,
-        unfused, the SiLU output (``s b ffn/TP``).
-    Selective recompute keeps only q, k, v of the core attention; full recompute keeps only the
-    layer's input (``sbh``, ``1/TP`` with sequence parallelism).
+        below fp32, the probabilities in the compute dtype (``b heads/TP s^2`` each), the context
+        fed to the output projection (``sbh/TP``);
+      attention, flash: q, the grouped k and v, the output (``sbh/TP``, also the projection's
+        input) and the fp32 log-sum-exp (``b heads/TP s``);
+      MLP: fc1's output (``2 s b ffn/TP``) and the SwiGLU product fed to fc2 (``s b ffn/TP``);
+        unfused also the SiLU output and the gate half (``2 s b ffn/TP``).
+    Selective recompute keeps only the core attention's inputs and output (no ``s^2`` terms);
+    full recompute keeps only the layer's input (``sbh``, ``1/TP`` with sequence parallelism).
     """
     e = precision.activation
     s, b, h = seq, micro_batch, preset.hidden_size
     heads = preset.num_attention_heads
     kv = h // heads
     f = preset.ffn_hidden_size
-    sbh = s * b * h
-    norm_share = tp if sequence_parallel else 1
+    tokens = s * b
+    share = tp if sequence_parallel else 1
     if recompute == "full":
-        return sbh * e // norm_share
+        return tokens * h * e // share
 
-    norms = 2 * (2 * sbh * e // norm_share + s * b * 4)
-    groups_width = preset.num_query_groups * kv
+    norms = 2 * norm_activation_bytes(tokens, h, e, kernels, share)
+    rope = 4 * s * kv * e
+    grouped_kv = 2 * tokens * preset.num_query_groups * kv * e // tp
     if kernels.attention == "dense":
-        softmax = b * heads * s * s // tp * (4 + (e if e < 4 else 0))
-        attention = 3 * sbh * e // tp + sbh * e // tp
         if recompute == "selective":
-            # q, k, v are the checkpoint's inputs (grouped, before repetition) + the context.
-            attention = (sbh + 2 * s * b * groups_width) * e // tp + sbh * e // tp
-            softmax = 0
-        attention += softmax
+            attention = tokens * h * e // tp + grouped_kv + tokens * h * e // tp
+        else:
+            probabilities = b * heads * s * s // tp * (4 + (e if e < 4 else 0))
+            attention = 4 * tokens * h * e // tp + probabilities
     elif kernels.attention == "flash":
-        attention = (sbh + 2 * s * b * groups_width + sbh) * e // tp + b * heads * s * 4 // tp
+        attention = 2 * tokens * h * e // tp + grouped_kv + b * heads * s * 4 // tp
     else:
         raise ValueError(f"unknown attention kernel {kernels.attention!r}; use 'flash' or 'dense'")
-    mlp = (2 + 1 + (0 if kernels.fused_swiglu else 1)) * s * b * f * e // tp
-    return norms + attention + mlp
+    mlp = (3 if kernels.fused_swiglu else 5) * tokens * f * e // tp
+    return norms + rope + attention + mlp
 
 
-def shared_activation_bytes(preset: ModelPreset, seq: int, micro_batch: int,
-                            kernels: Kernels) -> int:
-    """Per micro-batch, shared by every layer: the dense document mask, RoPE's cos and sin."""
-    kv = preset.hidden_size // preset.num_attention_heads
+def shared_activation_bytes(seq: int, micro_batch: int, kernels: Kernels, first_stage: bool) -> int:
+    """Per micro-batch, shared by every layer of a stage: with dense attention the boolean
+    document mask ``[b, 1, s, s]``; on the first stage the token ids the embedding keeps (int64)."""
     mask = micro_batch * seq * seq if kernels.attention == "dense" else 0
-    return mask + 2 * seq * kv * 4
+    return mask + (micro_batch * seq * 8 if first_stage else 0)
 
 
 def output_activation_bytes(preset: ModelPreset, vocab_padded: int, seq: int, micro_batch: int,
-                            tp: int, precision: Precision, sequence_parallel: bool = False) -> int:
-    """Last stage: final norm (input, output, rstd) and the fp32 softmax of the vocab-parallel
-    cross-entropy (``s b V/TP``), plus its target mask and indices."""
+                            tp: int, precision: Precision, kernels: Kernels,
+                            sequence_parallel: bool = False) -> int:
+    """Last stage: the final norm and the vocab-parallel cross-entropy's fp32 softmax
+    (``s b V/TP``), target mask (bool) and indices (int64)."""
     e = precision.activation
-    s, b, h = seq, micro_batch, preset.hidden_size
-    norm_share = tp if sequence_parallel else 1
-    final_norm = 2 * s * b * h * e // norm_share + s * b * 4
+    tokens = seq * micro_batch
+    share = tp if sequence_parallel else 1
+    final_norm = norm_activation_bytes(tokens, preset.hidden_size, e, kernels, share)
     if sequence_parallel:
-        final_norm += s * b * h * e  # the output layer gathers the sequence
-    cross_entropy = s * b * vocab_padded // tp * 4 + s * b * (1 + 8)
+        final_norm += tokens * preset.hidden_size * e  # the output layer gathers the sequence
+    cross_entropy = tokens * vocab_padded // tp * 4 + tokens * (1 + 8)
     return final_norm + cross_entropy
 
 
@@ -236,6 +251,20 @@ def state_bytes(parameters: int, dp: int, precision: Precision,
     return parameters * precision.weight, parameters * precision.grad, optimizer
 
 
+def microbatch_activation_bytes(preset: ModelPreset, vocab_padded: int, layout: Layout, stage: int,
+                                *, seq_length: int, micro_batch: int, precision: Precision,
+                                kernels: Kernels) -> int:
+    """What one micro-batch leaves saved on one rank of pipeline stage ``stage``."""
+    layers = preset.num_layers // layout.pp
+    total = layers * layer_activation_bytes(preset, seq_length, micro_batch, layout.tp, precision,
+                                            kernels, layout.sequence_parallel, layout.recompute)
+    total += shared_activation_bytes(seq_length, micro_batch, kernels, stage == 0)
+    if stage == layout.pp - 1:
+        total += output_activation_bytes(preset, vocab_padded, seq_length, micro_batch, layout.tp,
+                                         precision, kernels, layout.sequence_parallel)
+    return total
+
+
 def estimate(preset: ModelPreset, vocab_padded: int, layout: Layout, *, seq_length: int,
              micro_batch: int, num_microbatches: int = 1, precision: Precision = BF16,
              kernels: Kernels = GPU_KERNELS) -> MemoryEstimate:
@@ -245,12 +274,6 @@ def estimate(preset: ModelPreset, vocab_padded: int, layout: Layout, *, seq_leng
     if preset.num_attention_heads % layout.tp or preset.num_query_groups % layout.tp:
         raise ValueError(f"{preset.num_attention_heads} heads / {preset.num_query_groups} groups "
                          f"do not split over TP={layout.tp}")
-    layer = layer_activation_bytes(preset, seq_length, micro_batch, layout.tp, precision, kernels,
-                                   layout.sequence_parallel, layout.recompute)
-    shared = shared_activation_bytes(preset, seq_length, micro_batch, kernels)
-    layers_per_stage = preset.num_layers // layout.pp
-    output = output_activation_bytes(preset, vocab_padded, seq_length, micro_batch, layout.tp,
-                                     precision, layout.sequence_parallel)
     logits_grad = seq_length * micro_batch * vocab_padded // layout.tp * 4
     recomputed_layer = 0
     if layout.recompute == "full":
@@ -261,18 +284,16 @@ def estimate(preset: ModelPreset, vocab_padded: int, layout: Layout, *, seq_leng
         params = stage_parameters(preset, vocab_padded, layout.tp, layout.pp, stage)
         weights, grads, optimizer = state_bytes(params, layout.dp, precision,
                                                 layout.distributed_optimizer)
+        one = microbatch_activation_bytes(preset, vocab_padded, layout, stage,
+                                          seq_length=seq_length, micro_batch=micro_batch,
+                                          precision=precision, kernels=kernels)
+        # The first stage holds PP micro-batches at the 1F1B peak; the last stage holds one.
         held = in_flight_microbatches(layout.pp, layout.vpp, num_microbatches) if stage == 0 else 1.0
-        activations = int(held * (layers_per_stage * layer + shared))
-        transient = recomputed_layer
-        if stage == layout.pp - 1:
-            activations += output
-            transient += logits_grad
-        candidate = MemoryEstimate(
-            layout, weights, grads, optimizer, activations, transient, stage, params,
-            breakdown={"per_layer_activation": layer, "shared_activation": shared,
-                       "output_activation": output if stage == layout.pp - 1 else 0,
-                       "microbatches_in_flight": held},
-        )
+        transient = recomputed_layer + (logits_grad if stage == layout.pp - 1 else 0)
+        candidate = MemoryEstimate(layout, weights, grads, optimizer, int(held * one), transient,
+                                   stage, params,
+                                   breakdown={"microbatch_activation": one,
+                                              "microbatches_in_flight": held})
         if best is None or candidate.total > best.total:
             best = candidate
     return best
@@ -286,8 +307,12 @@ def divisors(n: int) -> list[int]:
 
 
 def candidate_layouts(preset: ModelPreset, gpus: int, gpus_per_node: int = 8,
-                      sequence_parallel: bool = False) -> list[Layout]:
-    """Every TP x PP x DP = gpus with TP inside a node and the model dividing evenly."""
+                      sequence_parallel: bool = False, kernels: Kernels = GPU_KERNELS) -> list[Layout]:
+    """Every TP x PP x DP = gpus with TP inside a node and the model dividing evenly.
+
+    Selective recompute only drops the ``s^2`` attention terms, so it is listed for dense
+    attention only (with flash attention it saves nothing)."""
+    recomputes = (None, "selective", "full") if kernels.attention == "dense" else (None, "full")
     layouts = []
     for tp in divisors(gpus):
         if tp > gpus_per_node or preset.num_attention_heads % tp or preset.num_query_groups % tp:
@@ -295,7 +320,7 @@ def candidate_layouts(preset: ModelPreset, gpus: int, gpus_per_node: int = 8,
         for pp in divisors(gpus // tp):
             if preset.num_layers % pp:
                 continue
-            for recompute in (None, "selective", "full"):
+            for recompute in recomputes:
                 for dist_opt in (True, False):
                     layouts.append(Layout(tp, pp, gpus // (tp * pp), sequence_parallel=
                                           sequence_parallel and tp > 1,
@@ -331,7 +356,7 @@ def plan(preset: ModelPreset, vocab_size: int, *, gpus: int,
     from megatron_mio.model.presets import padded_vocab_size
 
     rows = []
-    for layout in candidate_layouts(preset, gpus, gpus_per_node, sequence_parallel):
+    for layout in candidate_layouts(preset, gpus, gpus_per_node, sequence_parallel, kernels):
         vocab_padded = padded_vocab_size(vocab_size, divisible_by, layout.tp)
         est = estimate(preset, vocab_padded, layout, seq_length=seq_length, micro_batch=micro_batch,
                        num_microbatches=max(num_microbatches, layout.pp), precision=precision,

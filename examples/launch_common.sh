@@ -1,0 +1,248 @@
+# Shared launch logic for every MIO stage script (sourced, never run directly).
+#
+# A stage script sets its defaults (STAGE_CONFIG, DATA_CONFIG, TP, PP, ...) and calls
+# `mio_launch`.  This file is the one place that knows how a job starts:
+#
+#   * where the repository is (under sbatch the script runs from a spool copy, so $0 is useless),
+#   * node count, processes per node, master address and port, rendezvous, NCCL environment,
+#   * srun (one task per node, each running torchrun) inside a Slurm allocation, or torchrun
+#     alone on the local machine,
+#   * preemption: a warning signal (USR1 from `#SBATCH --signal=B:USR1@N`, or TERM) reaching the
+#     batch shell is forwarded to the training processes, which finish the iteration, save and
+#     exit 0; the job then requeues itself (REQUEUE_ON_PREEMPT=1) and resumes with --load,
+#   * resume: when CKPT_DIR holds a checkpoint, --load CKPT_DIR; otherwise, when LOAD_DIR is set,
+#     the stage starts from those weights (--load LOAD_DIR --finetune: fresh optimizer and schedule).
+#
+# Environment variables (all optional; the stage script documents its own defaults):
+#   NNODES            nodes (default: Slurm's SLURM_JOB_NUM_NODES, else 1)
+#   GPUS_PER_NODE     processes per node (default: Slurm's SLURM_GPUS_ON_NODE, else the GPUs
+#                     nvidia-smi lists; with USE_CPU=1: TP x PP)
+#   TP, PP            tensor / pipeline model parallel sizes
+#   MODEL             model preset (yi-6b, tiny, small)
+#   DATA_CONFIG       stage mixture YAML (--data-config); MOCK_DATA=1 uses synthetic data instead
+#   TOKENIZER         MIO tokenizer directory (--tokenizer-model)
+#   CKPT_DIR          where checkpoints are saved and resumed from (--save, and --load on resume)
+#   LOAD_DIR          starting weights when CKPT_DIR has no checkpoint yet (--load ... --finetune)
+#   TRAIN_ITERS       iterations (--train-iters)
+#   MICRO_BATCH, GLOBAL_BATCH, SAVE_INTERVAL   the matching trainer flags
+#   METRICS_FILE      JSON lines per iteration (default: CKPT_DIR/metrics.jsonl)
+#   USE_CPU=1         CPU run with gloo (tests, laptops)
+#   EXTRA_ARGS        more trainer flags, appended last (they override everything above)
+#   STAGE_CONFIG      trainer --config YAML (default: examples/configs/<stage>.yaml; empty: none)
+#   MIO_REPO          the repository (default: the script's directory's parent, else SLURM_SUBMIT_DIR)
+#   PYTHON            interpreter (default: MIO_REPO/.venv/bin/python if present, else python3)
+#   MASTER_PORT       rendezvous port (default: derived from the Slurm job id, or free locally)
+#   LAUNCHER          srun | local (default: srun inside a Slurm allocation, else local)
+#   REQUEUE_ON_PREEMPT  1 (default) requeues a Slurm job that saved on a warning signal
+#   DRY_RUN=1         print the launch command instead of running it
+
+mio_log() { echo "[mio-launch $(date +%H:%M:%S)] $*" >&2; }
+mio_die() { echo "[mio-launch] error: $*" >&2; exit 2; }
+
+# The repository: MIO_REPO, else the parent of this file's directory.
+mio_repo() {
+    if [[ -n ${MIO_REPO:-} ]]; then
+        echo "$MIO_REPO"
+    else
+        (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    fi
+}
+
+mio_in_slurm() { [[ -n ${SLURM_JOB_ID:-} ]] && command -v srun >/dev/null 2>&1; }
+
+mio_count_gpus() {
+    command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -c '^GPU' || echo 0
+}
+
+# Resolve every setting into MIO_* variables (no side effects besides exports for the run).
+mio_resolve() {
+    MIO_REPO=$(mio_repo)
+    [[ -f $MIO_REPO/megatron_mio/__init__.py ]] || mio_die "MIO_REPO=$MIO_REPO is not the megatron_mio repository"
+    if [[ -z ${PYTHON:-} ]]; then
+        if [[ -x $MIO_REPO/.venv/bin/python ]]; then PYTHON=$MIO_REPO/.venv/bin/python; else PYTHON=python3; fi
+    fi
+
+    TP=${TP:-1}
+    PP=${PP:-1}
+    NNODES=${NNODES:-${SLURM_JOB_NUM_NODES:-1}}
+    if [[ -z ${GPUS_PER_NODE:-} ]]; then
+        if [[ ${USE_CPU:-0} == 1 ]]; then
+            GPUS_PER_NODE=$((TP * PP))
+        elif [[ ${SLURM_GPUS_ON_NODE:-0} -gt 0 ]]; then
+            GPUS_PER_NODE=$SLURM_GPUS_ON_NODE
+        else
+            GPUS_PER_NODE=$(mio_count_gpus)
+        fi
+    fi
+    (( GPUS_PER_NODE > 0 )) || mio_die "no GPUs found: set GPUS_PER_NODE, or USE_CPU=1 for a CPU run"
+    local world=$((NNODES * GPUS_PER_NODE))
+    (( world % (TP * PP) == 0 )) || mio_die "world size $world (NNODES=$NNODES x GPUS_PER_NODE=$GPUS_PER_NODE) is not divisible by TP x PP = $TP x $PP"
+
+    if [[ -z ${LAUNCHER:-} ]]; then
+        if mio_in_slurm; then LAUNCHER=srun; else LAUNCHER=local; fi
+    fi
+    if [[ $LAUNCHER == srun ]]; then
+        MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
+        # One port per job, so two jobs sharing a node never meet at the same rendezvous.
+        MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID} % 20000))}
+    elif (( NNODES > 1 )); then
+        mio_die "NNODES=$NNODES needs a Slurm allocation (sbatch/salloc), or run one node per machine with LAUNCHER=srun"
+    fi
+
+    # Stage defaults: examples/configs/<stage>.yaml, examples/data/<stage>.yaml, checkpoints/<stage>,
+    # starting from checkpoints/<previous stage> (LOAD_DIR= with an empty value: from scratch).
+    local stage=${MIO_STAGE:-run}
+    STAGE_CONFIG=${STAGE_CONFIG-$MIO_REPO/examples/configs/$stage.yaml}
+    if [[ -z ${DATA_CONFIG+set} && ${MOCK_DATA:-0} != 1 ]]; then
+        DATA_CONFIG=$MIO_REPO/examples/data/$stage.yaml
+    fi
+    CKPT_DIR=${CKPT_DIR:-$MIO_REPO/checkpoints/$stage}
+    if [[ -z ${LOAD_DIR+set} && -n ${MIO_PREVIOUS_STAGE:-} ]]; then
+        LOAD_DIR=$MIO_REPO/checkpoints/$MIO_PREVIOUS_STAGE
+    fi
+    if [[ -n ${LOAD_DIR:-} && ! -f $CKPT_DIR/latest_checkpointed_iteration.txt \
+          && ! -f $LOAD_DIR/latest_checkpointed_iteration.txt ]]; then
+        mio_die "LOAD_DIR=$LOAD_DIR has no checkpoint (latest_checkpointed_iteration.txt); train the previous stage first, or set LOAD_DIR= (empty) to start from random weights"
+    fi
+    [[ -z $STAGE_CONFIG || -f $STAGE_CONFIG ]] || mio_die "STAGE_CONFIG=$STAGE_CONFIG: no such file"
+    [[ -z ${DATA_CONFIG:-} || -f $DATA_CONFIG ]] || mio_die "DATA_CONFIG=$DATA_CONFIG: no such file"
+    METRICS_FILE=${METRICS_FILE:-$CKPT_DIR/metrics.jsonl}
+}
+
+# Environment for the training processes: threads, NCCL, allocator.
+mio_export_env() {
+    export PYTHONPATH="$MIO_REPO${PYTHONPATH:+:$PYTHONPATH}"
+    if [[ ${USE_CPU:-0} == 1 ]]; then
+        export MIO_USE_CPU=1
+        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+        return
+    fi
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+    # megatron-core orders TP communication after compute on one CUDA stream.
+    export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
+    # A rank that dies takes the job down instead of hanging every other rank in a collective.
+    export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
+    export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
+    export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+    # Cluster-specific NCCL_SOCKET_IFNAME / NCCL_IB_HCA / NCCL_NET_GDR_LEVEL pass through untouched.
+}
+
+# The trainer's arguments, in order: stage config, env-var settings, resume, EXTRA_ARGS last.
+mio_train_args() {
+    MIO_ARGS=(-m megatron_mio.pretrain)
+    [[ -n ${STAGE_CONFIG:-} ]] && MIO_ARGS+=(--config "$STAGE_CONFIG")
+    MIO_ARGS+=(--tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP")
+    [[ -n ${MODEL:-} ]] && MIO_ARGS+=(--model-preset "$MODEL")
+    if [[ ${MOCK_DATA:-0} == 1 ]]; then
+        MIO_ARGS+=(--mock-data)
+    elif [[ -n ${DATA_CONFIG:-} ]]; then
+        MIO_ARGS+=(--data-config "$DATA_CONFIG")
+    fi
+    [[ -n ${TOKENIZER:-} ]] && MIO_ARGS+=(--tokenizer-model "$TOKENIZER")
+    [[ -n ${TRAIN_ITERS:-} ]] && MIO_ARGS+=(--train-iters "$TRAIN_ITERS")
+    [[ -n ${MICRO_BATCH:-} ]] && MIO_ARGS+=(--micro-batch-size "$MICRO_BATCH")
+    [[ -n ${GLOBAL_BATCH:-} ]] && MIO_ARGS+=(--global-batch-size "$GLOBAL_BATCH")
+    [[ -n ${SAVE_INTERVAL:-} ]] && MIO_ARGS+=(--save-interval "$SAVE_INTERVAL")
+    MIO_ARGS+=(--save "$CKPT_DIR" --metrics-file "$METRICS_FILE")
+    if [[ -f $CKPT_DIR/latest_checkpointed_iteration.txt ]]; then
+        mio_log "resuming from $CKPT_DIR (iteration $(cat "$CKPT_DIR/latest_checkpointed_iteration.txt"))"
+        MIO_ARGS+=(--load "$CKPT_DIR")
+    elif [[ -n ${LOAD_DIR:-} ]]; then
+        mio_log "starting from the weights in $LOAD_DIR"
+        MIO_ARGS+=(--load "$LOAD_DIR" --finetune)
+    fi
+    [[ ${USE_CPU:-0} == 1 ]] && MIO_ARGS+=(--use-cpu)
+    # Word splitting is intended: EXTRA_ARGS is a flag string.
+    # shellcheck disable=SC2206
+    MIO_ARGS+=(${EXTRA_ARGS:-})
+}
+
+# torchrun for this node; under srun the same command runs once per node.
+mio_torchrun_cmd() {
+    MIO_TORCHRUN=("$PYTHON" -m torch.distributed.run --nproc-per-node "$GPUS_PER_NODE" --max-restarts 0)
+    if [[ $LAUNCHER == srun ]]; then
+        MIO_TORCHRUN+=(--nnodes "$NNODES" --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT"
+                       --rdzv-id "mio-${SLURM_JOB_ID}")
+    else
+        MIO_TORCHRUN+=(--standalone --nnodes 1)
+    fi
+}
+
+# The full command.  torchrun itself ignores USR1 (an ignored signal stays ignored across exec
+# and in its children), so the warning reaches the trainers, which install their own handler,
+# without killing the agent that supervises them.
+mio_launch_cmd() {
+    local node_cmd=(bash -c 'trap "" USR1; exec "$@"' mio-node "${MIO_TORCHRUN[@]}" "${MIO_ARGS[@]}")
+    if [[ $LAUNCHER == srun ]]; then
+        MIO_CMD=(srun --nodes "$NNODES" --ntasks "$NNODES" --ntasks-per-node 1 --kill-on-bad-exit=1
+                 --export=ALL "${node_cmd[@]}")
+    else
+        MIO_CMD=("${node_cmd[@]}")
+    fi
+}
+
+# Forward a warning signal to the training processes (srun relays it to every task's process
+# tree on every node; locally, the trainers are torchrun's children).
+mio_forward_signal() {
+    MIO_PREEMPTED=1
+    MIO_INTERRUPTED=1
+    mio_log "got SIG$1: asking the trainers to save and exit"
+    if [[ $LAUNCHER == srun ]]; then
+        kill -s USR1 "$MIO_PID" 2>/dev/null || true
+    else
+        pkill -USR1 -P "$MIO_PID" 2>/dev/null || true
+    fi
+}
+
+# Requeue after a save on a warning signal, unless training has reached TRAIN_ITERS.
+mio_maybe_requeue() {
+    [[ $LAUNCHER == srun && ${REQUEUE_ON_PREEMPT:-1} == 1 && ${MIO_PREEMPTED:-0} == 1 ]] || return 0
+    local done_iters=0
+    [[ -f $CKPT_DIR/latest_checkpointed_iteration.txt ]] && done_iters=$(cat "$CKPT_DIR/latest_checkpointed_iteration.txt")
+    if [[ -n ${TRAIN_ITERS:-} ]] && (( done_iters >= TRAIN_ITERS )); then
+        mio_log "preempted after the last iteration; not requeueing"
+        return 0
+    fi
+    mio_log "checkpoint at iteration $done_iters saved; requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+}
+
+# Resolve, print and run; returns the trainer's exit code.
+mio_launch() {
+    set -uo pipefail
+    mio_resolve
+    mio_export_env
+    mio_train_args
+    mio_torchrun_cmd
+    mio_launch_cmd
+    mio_log "repo=$MIO_REPO launcher=$LAUNCHER nodes=$NNODES procs/node=$GPUS_PER_NODE TP=$TP PP=$PP" \
+            "master=${MASTER_ADDR:-local}:${MASTER_PORT:-auto} restart=${SLURM_RESTART_COUNT:-0}"
+    mio_log "command: ${MIO_CMD[*]}"
+    if [[ ${DRY_RUN:-0} == 1 ]]; then
+        printf '%q ' "${MIO_CMD[@]}"; echo
+        return 0
+    fi
+    mkdir -p "$CKPT_DIR"
+
+    MIO_PREEMPTED=0
+    MIO_INTERRUPTED=0
+    trap 'mio_forward_signal USR1' USR1
+    trap 'mio_forward_signal TERM' TERM
+    "${MIO_CMD[@]}" &
+    MIO_PID=$!
+    local rc status
+    wait "$MIO_PID"
+    rc=$?
+    # `wait` returns early when a trapped signal arrives; wait again for the real status
+    # (127 means the status was already collected by the first wait).
+    while (( MIO_INTERRUPTED )); do
+        MIO_INTERRUPTED=0
+        wait "$MIO_PID"
+        status=$?
+        (( status == 127 )) || rc=$status
+    done
+    trap - USR1 TERM
+    mio_log "training exited with status $rc"
+    (( rc == 0 )) && mio_maybe_requeue
+    return "$rc"
+}
