@@ -136,8 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-config", default=None, help="stage mixture YAML (datasets and per-GPU ratios)")
     g.add_argument("--tokenizer-model", default=None, help="MIO tokenizer directory")
     g.add_argument("--mock-data", action="store_true", help="synthetic packed documents (no files needed)")
-    g.add_argument("--eval-interval", type=int, default=None, help="evaluate every N iterations (needs validation data)")
-    g.add_argument("--eval-iters", type=int, default=0)
+    g.add_argument("--valid-data-path", nargs="*", default=None, help="validation data, as --data-path")
+    g.add_argument("--valid-data-config", default=None, help="validation mixture YAML, as --data-config")
+    g.add_argument("--eval-interval", type=int, default=None, help="evaluate every N iterations")
+    g.add_argument("--eval-iters", type=int, default=0, help="validation batches per evaluation")
+    g.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
 
     g = parser.add_argument_group("checkpoints")
     g.add_argument("--save", default=None)
@@ -303,6 +306,8 @@ def finalize(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     sources = [bool(args.data_path), bool(args.data_config), bool(args.mock_data)]
     if sum(sources) != 1:
         raise ConfigError("give exactly one data source: --data-path, --data-config or --mock-data")
+    if args.eval_interval and args.eval_iters and not args.mock_data and not (args.valid_data_path or args.valid_data_config):
+        raise ConfigError("--eval-interval with --eval-iters needs --valid-data-path or --valid-data-config")
     if args.tokenizer_model is None and args.vocab_size is None:
         raise ConfigError("give --tokenizer-model (the MIO tokenizer directory) or --vocab-size")
     return args

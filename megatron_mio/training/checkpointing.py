@@ -222,6 +222,14 @@ class Checkpointer:
             saved.get(k) == getattr(args, k)
             for k in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
         )
+        if saved.get("padded_vocab_size") not in (None, args.padded_vocab_size):
+            # megatron loads the common rows; the padding rows keep this run's initialisation
+            # and take part in the softmax, so losses differ from the saving run.
+            log.warning(
+                "%s has a padded vocabulary of %s rows, this run %s: pass --make-vocab-size-divisible-by "
+                "so that both pad to the same size for an exact continuation",
+                directory, saved.get("padded_vocab_size"), args.padded_vocab_size,
+            )
         weights_only = args.finetune
         load_optim = not weights_only and not args.no_load_optim and "opt_param_scheduler" in common
         load_rng = not weights_only and not args.no_load_rng and same_layout

@@ -30,12 +30,12 @@ def tokenizer_vocab_size(args) -> int:
     return int(args.vocab_size)
 
 
-def _one_iterator(args, table, consumed_samples: int, seed_offset: int):
+def _one_iterator(args, table, consumed_samples: int, validation: bool):
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     if args.mock_data:
         return mock_batches(
-            seed=args.seed + seed_offset, seq_length=args.seq_length, vocab_size=args.true_vocab_size,
+            seed=args.seed + (1 if validation else 0), seq_length=args.seq_length, vocab_size=args.true_vocab_size,
             micro_batch_size=args.micro_batch_size, data_parallel_rank=dp_rank,
             data_parallel_size=dp_size, consumed_samples=consumed_samples,
         )
@@ -43,14 +43,14 @@ def _one_iterator(args, table, consumed_samples: int, seed_offset: int):
 
     return real_data.packed_batches(
         args, table, consumed_samples=consumed_samples, data_parallel_rank=dp_rank,
-        data_parallel_size=dp_size, seed_offset=seed_offset,
+        data_parallel_size=dp_size, validation=validation,
     )
 
 
 def train_iterators(args, table, consumed_samples: int, num_chunks: int) -> list:
-    return [_one_iterator(args, table, consumed_samples, 0) for _ in range(num_chunks)]
+    return [_one_iterator(args, table, consumed_samples, False) for _ in range(num_chunks)]
 
 
 def valid_iterators(args, table, num_chunks: int) -> list:
-    """Validation batches: a fixed stream (the same at every evaluation), different seed."""
-    return [_one_iterator(args, table, 0, 1) for _ in range(num_chunks)]
+    """Validation batches: the same stream at every evaluation (mock data: another seed)."""
+    return [_one_iterator(args, table, 0, True) for _ in range(num_chunks)]

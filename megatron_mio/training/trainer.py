@@ -222,6 +222,7 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
                 num_microbatches=args.num_microbatches, seq_length=args.seq_length,
                 micro_batch_size=args.micro_batch_size, forward_only=False,
             )
+            lr = optimizer.param_groups[0]["lr"]  # the rate this iteration's update uses
             stepped, grad_norm = optimizer_step(optimizer)
             if stepped:
                 scheduler.step(increment=1)
@@ -245,7 +246,7 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
             if iteration % args.log_interval == 0 or not stepped:
                 record = logger.record(
                     iteration=iteration, consumed_samples=consumed,
-                    lr=optimizer.param_groups[0]["lr"], stats=stats, total_skipped=skipped_total,
+                    lr=lr, stats=stats, total_skipped=skipped_total,
                     loss_scale=optimizer.get_loss_scale().item() if args.fp16 else None,
                 )
                 if not stepped:

@@ -1,0 +1,100 @@
+"""Shared tiny trainer runs for tests/test_training.py and tests/test_checkpoint.py.
+
+Each run is a real ``python -m megatron_mio.pretrain`` under torchrun (gloo, CPU) that reports
+through ``--metrics-file``.  Runs are cached per pytest session (several tests read one run), so
+the suite pays for each launch once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.distributed import run_torchrun
+
+# A tiny GQA model (4 layers so PP=2 with two virtual stages of one layer fits), mock packs.
+TINY = [
+    "--use-cpu", "--mock-data", "--model-preset", "tiny", "--num-layers", "4",
+    "--vocab-size", "256", "--seq-length", "64", "--micro-batch-size", "1",
+    "--global-batch-size", "4", "--lr", "3e-3", "--lr-warmup-iters", "1",
+    "--lr-decay-iters", "10", "--min-lr", "3e-4", "--weight-decay", "0.01", "--log-interval", "1",
+]
+
+_CACHE: dict[str, dict] = {}
+
+
+def metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def train(root: Path, name: str, nproc: int, extra: list[str], *, base=TINY) -> dict:
+    """Run once per session; returns {"dir", "save", "records", "losses", "stdout"}."""
+    key = f"{root}/{name}"  # one name = one command line (asserted below)
+    command = [str(a) for a in (*base, *extra)]
+    if key in _CACHE:
+        assert _CACHE[key]["command"] == command, f"run {name!r} reused with different flags"
+        return _CACHE[key]
+    run_dir = Path(root) / name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    metrics_file = run_dir / "metrics.jsonl"
+    proc = run_torchrun("megatron_mio.pretrain", nproc, [*base, *extra, "--metrics-file", metrics_file],
+                        module=True, timeout=600)
+    records = metrics(metrics_file) if metrics_file.exists() else []
+    result = {
+        "dir": run_dir,
+        "records": records,
+        "losses": {r["iteration"]: r["loss"] for r in records if "loss" in r},
+        "stdout": proc.stdout,
+        "command": command,
+    }
+    _CACHE[key] = result
+    return result
+
+
+def initial_checkpoint(root: Path) -> Path:
+    """Iteration-0 weights of the tiny model at TP=PP=1: every layout starts from them (--finetune)."""
+    save = Path(root) / "init" / "ckpt"
+    train(root, "init", 1, ["--train-iters", "0", "--save", save])
+    return save
+
+
+def from_init(root: Path) -> list[str]:
+    return ["--load", str(initial_checkpoint(root)), "--finetune"]
+
+
+def session_root(tmp_path_factory) -> Path:
+    """One directory per pytest session shared by both test modules (so runs are shared too)."""
+    root = Path(tmp_path_factory.getbasetemp()) / "trainer_runs"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+ITERS = ["--train-iters", "4"]
+
+# Parallel layouts on 2 ranks, each trained 4 iterations from the same initial weights.
+LAYOUTS = {
+    "tp2": ["--tensor-model-parallel-size", "2", "--save-interval", "3"],
+    "pp2": ["--pipeline-model-parallel-size", "2", "--use-distributed-optimizer", "--save-interval", "3"],
+    "vpp2": ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"],
+}
+
+
+def reference(root: Path) -> dict:
+    """TP=PP=DP=1 from the initial weights."""
+    return train(root, "tp1", 1, [*ITERS, *from_init(root)])
+
+
+def layout_run(root: Path, name: str) -> dict:
+    return train(root, name, 2, [*ITERS, *from_init(root), *LAYOUTS[name],
+                                 "--save", str(Path(root) / name / "ckpt")])
+
+
+DP2 = ["--use-distributed-optimizer", "--train-iters", "6", "--save-interval", "3"]
+
+
+def straight_dp2(root: Path) -> dict:
+    """6 iterations straight, DP=2 with the distributed optimizer, saving at 3 and 6."""
+    return train(root, "dp2", 2, [*DP2, *from_init(root), "--save", str(Path(root) / "dp2" / "ckpt")])
