@@ -77,9 +77,9 @@ def convert_to_hf(load: str, output: str, *, tokenizer_dir: str | None = None, i
         from megatron_mio.tokenizer import MIOTokenizer
 
         tokenizer = MIOTokenizer(tokenizer_path)
-    description = description_from_checkpoint(
-        reader.common, preset_name, vocab_size or (len(tokenizer) if tokenizer else None), str(directory)
-    )
+    description = description_from_checkpoint(reader.common, preset_name, vocab_size, str(directory))
+    if description.get("vocab_size") is None and tokenizer is not None:
+        description["vocab_size"] = len(tokenizer)
     vocab = description.get("vocab_size")
     if vocab is None:
         raise ValueError(f"{directory}: vocabulary size unknown; pass --vocab-size or --tokenizer")
