@@ -123,7 +123,8 @@ def test_loss_decreases_on_real_packed_data_of_every_type(runs_root, mio_tokeniz
 def test_non_finite_loss_is_skipped_counted_and_stops_after_limit(runs_root, tmp_path):
     """NaN losses at iterations 2 and 4: skipped, counted, weights untouched; 3 in a row stop."""
     script = REPO_ROOT / "tests" / "workers" / "train_nonfinite.py"
-    common = [*TINY, "--train-iters", "5", "--global-batch-size", "2", *from_init(runs_root)]
+    common = [*TINY, "--train-iters", "5", "--global-batch-size", "2", "--attention-backend", "local",
+              *from_init(runs_root)]
 
     def run(bad, metrics_file, limit):
         return subprocess.run(

@@ -17,7 +17,7 @@ import os
 
 import yaml
 
-from megatron_mio.model.attention import BACKENDS
+from megatron_mio.model.attention import BACKENDS, available_backends, default_backend
 from megatron_mio.model.presets import PRESETS, ModelPreset, get_preset
 
 # Model fields a flag can override on top of --model-preset (flag dest -> ModelPreset field).
@@ -36,20 +36,6 @@ MODEL_OVERRIDES = {
 
 class ConfigError(ValueError):
     """A bad --config file or a bad combination of arguments."""
-
-
-def _default_attention_backend() -> str:
-    # The issue's rule: te when transformer-engine is installed, else torch; the backends that
-    # exist in this checkout are listed by the model package.
-    for name in ("te", "torch", "local"):
-        if name in BACKENDS:
-            if name == "te":
-                try:
-                    import transformer_engine  # noqa: F401
-                except ImportError:
-                    continue
-            return name
-    return BACKENDS[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,7 +240,10 @@ def finalize(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     """Check combinations and derive sizes (data-parallel size, micro-batches, warmup)."""
     args.world_size = world_size
     if args.attention_backend is None:
-        args.attention_backend = _default_attention_backend()
+        args.attention_backend = default_backend()
+    if args.attention_backend not in available_backends():
+        raise ConfigError(f"--attention-backend {args.attention_backend} is not available here "
+                          f"(available: {', '.join(available_backends())})")
     model_parallel = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
     if world_size % model_parallel:
         raise ConfigError(
