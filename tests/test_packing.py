@@ -92,7 +92,15 @@ def test_deterministic_for_a_seed_and_shuffled_across_seeds():
     # The shuffle mixes the corpus: the first pack's documents come from all over it.
     first_window = a.doc_ids[: a.pack_offsets[np.searchsorted(a.pack_offsets, 500)]]
     assert first_window.max() - first_window.min() > 4000
-    assert reference_shuffle(10, 3) != list(range(10))
+    assert sorted(reference_shuffle(list(range(10)), 3)) == list(range(10))
+    assert reference_shuffle(list(range(10)), 3) != list(range(10))
+
+
+def test_large_inputs_use_several_shuffle_buckets_and_still_match_the_reference():
+    # > 16,384 packable documents: the shuffle spreads them over 4 buckets.
+    lengths = np.random.default_rng(2).integers(0, 80, size=40_000).astype(np.int32)
+    kwargs = dict(seed=123, window=16)
+    assert_same_index(pack_documents(lengths, 64, **kwargs), reference_pack_documents(lengths, 64, **kwargs))
 
 
 def test_best_fit_decreasing_fills_packs():
