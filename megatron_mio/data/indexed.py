@@ -1,0 +1,92 @@
+"""Writing MIO datasets as megatron-core indexed datasets, atomically.
+
+A dataset at prefix ``P`` is ``P.bin``/``P.idx`` (int32 tokens, one document per sample),
+``P.loss_mask.bin``/``P.loss_mask.idx`` (uint8, same document sizes) and
+``P.modality_counts.npy`` (int64 [documents, 3]: text, image and speech tokens per document).
+Everything is written under hidden temporary names beside ``P`` and renamed into place only
+when complete; on failure the temporaries are removed and nothing named ``P.*`` appears.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+TOKEN_DTYPE = np.int32  # 76,292 ids do not fit uint16
+LOSS_MASK_DTYPE = np.uint8
+LOSS_MASK_SUFFIX = ".loss_mask"
+MODALITY_COUNTS_SUFFIX = ".modality_counts.npy"
+REPORT_SUFFIX = ".report.json"
+
+
+def loss_mask_prefix(prefix: str) -> str:
+    return prefix + LOSS_MASK_SUFFIX
+
+
+def open_dataset(prefix: str) -> tuple[IndexedDataset, IndexedDataset]:
+    """(tokens, loss masks) of a dataset, read with megatron-core's own reader."""
+    return IndexedDataset(prefix), IndexedDataset(loss_mask_prefix(prefix))
+
+
+class AtomicDatasetWriter:
+    """Collects documents into temporary files; ``commit`` renames them to ``prefix``.
+
+    Use as a context manager: leaving the block with an exception removes the temporaries.
+    """
+
+    def __init__(self, prefix: str):
+        self.prefix = os.fspath(prefix)
+        directory, name = os.path.split(os.path.abspath(self.prefix))
+        os.makedirs(directory, exist_ok=True)
+        self._tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+        self._tokens = IndexedDatasetBuilder(self._tmp + ".bin", dtype=TOKEN_DTYPE)
+        self._loss_mask = IndexedDatasetBuilder(self._tmp + LOSS_MASK_SUFFIX + ".bin",
+                                                dtype=LOSS_MASK_DTYPE)
+        self._counts: list[np.ndarray] = []
+        self._suffixes = [".bin", LOSS_MASK_SUFFIX + ".bin"]
+        self.documents = 0
+
+    def add(self, tokens: np.ndarray, loss_mask: np.ndarray, modality_counts: np.ndarray) -> None:
+        if tokens.shape != loss_mask.shape:
+            raise ValueError(f"tokens {tokens.shape} and loss mask {loss_mask.shape} differ")
+        self._tokens.add_document(tokens.astype(TOKEN_DTYPE, copy=False), [tokens.size])
+        self._loss_mask.add_document(loss_mask.astype(LOSS_MASK_DTYPE, copy=False), [tokens.size])
+        self._counts.append(modality_counts)
+        self.documents += 1
+
+    def commit(self, report_json: str | None = None) -> None:
+        """Finish the index files, then rename everything into place (the report last)."""
+        self._tokens.finalize(self._tmp + ".idx")
+        self._loss_mask.finalize(self._tmp + LOSS_MASK_SUFFIX + ".idx")
+        self._suffixes += [".idx", LOSS_MASK_SUFFIX + ".idx"]
+        counts = (np.stack(self._counts) if self._counts else np.zeros((0, 3))).astype(np.int64)
+        with open(self._tmp + MODALITY_COUNTS_SUFFIX, "wb") as f:
+            np.save(f, counts)
+        self._suffixes.append(MODALITY_COUNTS_SUFFIX)
+        if report_json is not None:
+            with open(self._tmp + REPORT_SUFFIX, "w", encoding="utf-8") as f:
+                f.write(report_json)
+            self._suffixes.append(REPORT_SUFFIX)
+        for suffix in self._suffixes:
+            os.replace(self._tmp + suffix, self.prefix + suffix)
+        self._suffixes = []
+
+    def abort(self) -> None:
+        for builder in (self._tokens, self._loss_mask):
+            builder.data_file.close()
+        for suffix in self._suffixes:
+            try:
+                os.remove(self._tmp + suffix)
+            except FileNotFoundError:
+                pass
+        self._suffixes = []
+
+    def __enter__(self) -> "AtomicDatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()

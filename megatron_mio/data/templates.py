@@ -1,0 +1,239 @@
+"""MIO's templates (paper, Appendix C and SFT): sample -> token ids and loss mask.
+
+A document is built as a list of *runs*: text runs (encoded with SentencePiece) and token runs
+(ids from the code lookup tables, ChatML and wrapper tokens).  The formatted string of a document
+is its runs concatenated, token runs spelled out (``<image><img5>...``); encoding that string with
+the MIO tokenizer gives the same ids as the direct path, because each maximal text run between
+tokens is encoded on its own either way (``docs/data_format.md`` states the joining rules).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+
+import numpy as np
+
+from megatron_mio.data import schema as S
+from megatron_mio.tokenizer import vocab as V
+from megatron_mio.tokenizer.mio_tokenizer import MIOTokenizer
+
+STAGES = ("1", "2", "3", "sft")
+
+IMAGE_CAPTION = "{image} The caption of this image is: {caption}"
+IMAGE_GENERATION = 'Please generate an image of "{caption}": {image}'
+VIDEO_TO_TEXT = "Please describe the following video: {video} {description}"
+TEXT_TO_VIDEO = 'Please generate a video for "{description}": {video}'
+SPEECH_ASR = "{speech} Transcribe this speech: {transcription}"
+SPEECH_ASR_STAGE3 = "{speech} The transcription of this speech is: {transcription}"
+SPEECH_TTS = 'Please generate a speech of "{transcription}": {speech}'
+
+SYSTEM_PROMPT_STD = ("You are MIO, an AI assistant capable of understanding and generating images, "
+                     "text, videos, and speech, selecting the appropriate modality according to "
+                     "the context.")
+SYSTEM_PROMPT_VOICE = ("You are MIO, an AI assistant capable of understanding images, text, videos, "
+                       "and speech, and generating speech. Please respond to the user with speech "
+                       "only, starting with <spch> and ending with </spch>.")
+SYSTEM_PROMPTS = {"std": SYSTEM_PROMPT_STD, "voice": SYSTEM_PROMPT_VOICE}
+
+TEXT_TO_VIDEO_PROBABILITY = 0.6  # video pairs: 60% text-to-video, 40% video-to-text
+IMAGE_GENERATION_PROBABILITY = 0.5  # image pairs: caption or generation, at random
+SPEECH_TTS_PROBABILITY = 0.5  # speech pairs with timbre: ASR or TTS, at random
+PART_SEPARATOR = " "  # between consecutive parts of interleaved / chat content
+
+
+@dataclasses.dataclass
+class TextRun:
+    text: str
+    supervised: bool
+    head: str = ""  # an unsupervised prefix encoded together with ``text`` (SFT role header)
+
+
+@dataclasses.dataclass
+class TokenRun:
+    ids: np.ndarray
+    supervised: bool
+
+
+class Document:
+    """Runs of a document under construction; adjacent text is merged into one run."""
+
+    def __init__(self, supervised: bool = True):
+        self.runs: list[TextRun | TokenRun] = []
+        self.supervised = supervised  # default supervision of what is added
+
+    def text(self, text: str, supervised: bool | None = None) -> None:
+        supervised = self.supervised if supervised is None else supervised
+        last = self.runs[-1] if self.runs else None
+        if isinstance(last, TextRun):
+            if last.supervised == supervised:
+                last.text += text
+                return
+            if supervised and not last.supervised:  # unsupervised header, then content
+                self.runs[-1] = TextRun(text, True, head=last.head + last.text)
+                return
+            raise ValueError("supervised text cannot be followed by unsupervised text in one run")
+        self.runs.append(TextRun(text, supervised))
+
+    def tokens(self, ids, supervised: bool | None = None) -> None:
+        supervised = self.supervised if supervised is None else supervised
+        self.runs.append(TokenRun(np.asarray(ids, dtype=np.int32), supervised))
+
+
+def encode_document(doc: Document, tokenizer: MIOTokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Runs -> (int32 token ids, uint8 loss mask), with the bos (unsupervised) in front."""
+    ids: list[np.ndarray] = [np.array([tokenizer.bos_id], dtype=np.int32)]
+    mask: list[np.ndarray] = [np.zeros(1, dtype=np.uint8)]
+    for run in doc.runs:
+        if isinstance(run, TokenRun):
+            ids.append(run.ids)
+            mask.append(np.full(run.ids.size, run.supervised, dtype=np.uint8))
+        elif run.head:
+            text_ids, n_head = tokenizer.encode_text_split(run.head, run.text)
+            ids.append(np.asarray(text_ids, dtype=np.int32))
+            run_mask = np.full(len(text_ids), run.supervised, dtype=np.uint8)
+            run_mask[:n_head] = 0
+            mask.append(run_mask)
+        else:
+            text_ids = np.asarray(tokenizer.encode_text(run.text), dtype=np.int32)
+            ids.append(text_ids)
+            mask.append(np.full(text_ids.size, run.supervised, dtype=np.uint8))
+    return np.concatenate(ids), np.concatenate(mask)
+
+
+def format_document(doc: Document, tokenizer: MIOTokenizer) -> str:
+    """The document as one string with inline token spellings (without the bos): the form the
+    released MIO code builds, and the baseline input for ``AutoTokenizer``."""
+    return "".join(run.head + run.text if isinstance(run, TextRun) else tokenizer.decode(run.ids)
+                   for run in doc.runs)
+
+
+class TemplateRenderer:
+    """Applies the stage's templates to parsed samples."""
+
+    def __init__(self, tokenizer: MIOTokenizer, stage: str):
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r} (expected one of {', '.join(STAGES)})")
+        self.tokenizer = tokenizer
+        self.stage = stage
+
+    # -- modality parts ------------------------------------------------------------------
+    def _image(self, doc: Document, codes: np.ndarray, supervised=None) -> None:
+        doc.tokens(self.tokenizer.image_ids(codes), supervised)
+
+    def _video(self, doc: Document, frames: np.ndarray, supervised=None) -> None:
+        doc.tokens(np.concatenate([self.tokenizer.image_ids(f) for f in frames]), supervised)
+
+    def _speech(self, doc: Document, speech: S.Speech, generated: bool, supervised=None) -> None:
+        """Speech as input: content codes only; as output: the sequential four codebooks."""
+        timbre = speech.timbre if generated else None
+        doc.tokens(self.tokenizer.speech_ids(speech.content, timbre), supervised)
+
+    def _parts(self, doc: Document, parts: list[S.Part], speech_generated, supervised=None) -> None:
+        """Content parts joined by ``PART_SEPARATOR``; ``speech_generated(speech)`` tells the
+        layout of each speech part."""
+        for i, (kind, value) in enumerate(parts):
+            if i:
+                doc.text(PART_SEPARATOR, supervised)
+            if kind == "text":
+                doc.text(value, supervised)
+            elif kind == "image":
+                self._image(doc, value, supervised)
+            elif kind == "video":
+                self._video(doc, value, supervised)
+            else:
+                self._speech(doc, value, speech_generated(value), supervised)
+
+    # -- pre-training templates ------------------------------------------------------------
+    def render(self, sample: S.Sample, rng: np.random.Generator) -> Document:
+        is_chat = isinstance(sample, S.Chat)
+        if (self.stage == "sft") != is_chat:
+            raise S.SampleError("type", "chat samples need --stage sft" if is_chat else
+                                "--stage sft takes chat samples only")
+        if is_chat:
+            return self._chat(sample)
+        doc = Document()
+        if isinstance(sample, S.Language):
+            doc.text(sample.text)
+        elif isinstance(sample, S.ImageTextPair):
+            self._image_pair(doc, sample, rng)
+        elif isinstance(sample, S.VideoTextPair):
+            self._video_pair(doc, sample, rng)
+        elif isinstance(sample, S.SpeechTextPair):
+            self._speech_pair(doc, sample, rng)
+        else:
+            self._parts(doc, sample.parts, speech_generated=lambda s: s.timbre is not None)
+        return doc
+
+    def _fill(self, doc: Document, template: str, **values) -> None:
+        """Add ``template`` to ``doc``: literal text as text, ``{name}`` from ``values`` (a string
+        is text; a callable adds token runs)."""
+        for literal, name, _, _ in string.Formatter().parse(template):
+            if literal:
+                doc.text(literal)
+            if name is not None:
+                value = values[name]
+                doc.text(value) if isinstance(value, str) else value(doc)
+
+    def _image_pair(self, doc: Document, sample: S.ImageTextPair, rng) -> None:
+        generation = rng.random() < IMAGE_GENERATION_PROBABILITY
+        if sample.direction is not None:
+            generation = sample.direction == "generation"
+        self._fill(doc, IMAGE_GENERATION if generation else IMAGE_CAPTION,
+                   caption=sample.caption, image=lambda d: self._image(d, sample.image))
+
+    def _video_pair(self, doc: Document, sample: S.VideoTextPair, rng) -> None:
+        to_video = rng.random() < TEXT_TO_VIDEO_PROBABILITY
+        if sample.direction is not None:
+            to_video = sample.direction == "to_video"
+        self._fill(doc, TEXT_TO_VIDEO if to_video else VIDEO_TO_TEXT,
+                   description=sample.description, video=lambda d: self._video(d, sample.video))
+
+    def _speech_pair(self, doc: Document, sample: S.SpeechTextPair, rng) -> None:
+        tts = sample.speech.timbre is not None and rng.random() < SPEECH_TTS_PROBABILITY
+        if sample.direction is not None:
+            tts = sample.direction == "tts"
+        if tts:
+            template = SPEECH_TTS
+        else:
+            template = SPEECH_ASR_STAGE3 if self.stage == "3" else SPEECH_ASR
+        self._fill(doc, template, transcription=sample.transcription,
+                   speech=lambda d: self._speech(d, sample.speech, generated=tts))
+
+    # -- SFT ---------------------------------------------------------------------------------
+    def _chat(self, chat: S.Chat) -> Document:
+        """Yi ChatML: ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message, the system
+        prompt of the chat's mode first (unless the chat brings its own); loss on assistant
+        content and its ``<|im_end|>`` only."""
+        doc = Document(supervised=False)
+        messages = chat.messages
+        if messages[0].role != "system":
+            messages = [S.Message("system", [("text", SYSTEM_PROMPTS[chat.mode])])] + messages
+        for message in messages:
+            assistant = message.role == "assistant"
+            doc.tokens([self.tokenizer.im_start_id])
+            doc.text(f"{message.role}\n")
+            if message.role == "system":
+                self._system_prompt(doc, message.parts)
+            else:
+                self._parts(doc, message.parts, speech_generated=lambda s: assistant,
+                            supervised=assistant)
+            doc.tokens([self.tokenizer.im_end_id], supervised=assistant)
+            doc.text("\n")
+        return doc
+
+
+    def _system_prompt(self, doc: Document, parts: list[S.Part]) -> None:
+        """System text may name tokens (the voice prompt says ``<spch>`` ... ``</spch>``): they
+        are the tokens there, as in Yi's string-level chat template.  Other text never is."""
+        if any(kind != "text" for kind, _ in parts):
+            raise S.SampleError("messages[0].content", "a system message holds text only")
+        text = PART_SEPARATOR.join(value for _, value in parts)
+        for piece in self.tokenizer.split_added_tokens(text):
+            doc.text(piece) if isinstance(piece, str) else doc.tokens([piece])
+
+
+def render_sample(renderer: TemplateRenderer, sample: S.Sample, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Sample -> (token ids, loss mask) in one call."""
+    return encode_document(renderer.render(sample, rng), renderer.tokenizer)
