@@ -125,10 +125,8 @@ def sharded_state_dict(args, model, optimizer=None, scheduler=None, *, is_loadin
         state[key] = chunk.sharded_state_dict()
         model_state[key] = state[key]
     if optimizer is not None:
-        flat = {}
-        for key in model_state:
-            flat.update(model_state[key])
-        state["optimizer"] = optimizer.sharded_state_dict(flat, is_loading=is_loading, metadata=OPTIMIZER_METADATA)
+        # Nested per chunk: with a virtual pipeline the chunks' local parameter names coincide.
+        state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=OPTIMIZER_METADATA)
     if scheduler is not None:
         state["opt_param_scheduler"] = scheduler.state_dict()
     if rng:
