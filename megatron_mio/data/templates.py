@@ -81,9 +81,13 @@ class Document:
 
 
 def encode_document(doc: Document, tokenizer: MIOTokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """Runs -> (int32 token ids, uint8 loss mask), with the bos (unsupervised) in front."""
+    """Runs -> (int32 token ids, uint8 loss mask), with a bos in front.
+
+    ``loss_mask[i]`` says whether token ``i`` is a training target.  The bos never is one (labels
+    stay inside a document); it carries the document's default so that pre-training masks are
+    all ones and SFT masks are exactly the assistant spans."""
     ids: list[np.ndarray] = [np.array([tokenizer.bos_id], dtype=np.int32)]
-    mask: list[np.ndarray] = [np.zeros(1, dtype=np.uint8)]
+    mask: list[np.ndarray] = [np.full(1, doc.supervised, dtype=np.uint8)]
     for run in doc.runs:
         if isinstance(run, TokenRun):
             ids.append(run.ids)

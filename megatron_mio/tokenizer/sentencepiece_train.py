@@ -34,7 +34,7 @@ def train_sentencepiece(
         vocab_size=vocab_size,
         model_type=model_type,
         byte_fallback=byte_fallback,
-        character_coverage=0.9995,
+        character_coverage=1.0,  # every character of the training text; others fall back to bytes
         seed_sentencepiece_size=seed_sentencepiece_size,
         normalization_rule_name="nmt_nfkc",
         unk_id=0,
