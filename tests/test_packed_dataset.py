@@ -234,3 +234,19 @@ def test_mismatched_loss_masks(tmp_path):
 def test_bad_modality_table(small):
     with pytest.raises(ValueError, match="uint8"):
         PackedDataset(small, 16, seed=0, modality_table=np.zeros(VOCAB, dtype=np.int64))
+
+
+def test_pickling_for_loader_workers_remaps_instead_of_copying(tmp_path):
+    import pickle
+
+    a = str(tmp_path / "a")
+    write_corpus(a, [30] * 40, seed=1)
+    blend = BlendedPackedDataset([PackedDataset(a, 64, seed=0)], [1], 100_000, seed=0)
+    blob = pickle.dumps(blend)
+    assert len(blob) < blend.dataset_sample_index.nbytes // 10  # 800 kB of index not shipped
+    clone = pickle.loads(blob)
+    assert isinstance(clone.dataset_sample_index, np.memmap)
+    assert isinstance(clone.datasets[0].index.doc_ids, np.memmap)
+    for i in (0, 17, 99_999):
+        torch.testing.assert_close(clone[i], blend[i])
+    np.testing.assert_array_equal(clone.datasets[0].lengths, blend.datasets[0].lengths)

@@ -33,7 +33,7 @@ import torch
 
 from megatron_mio.data.batch import Modality
 from megatron_mio.data.packing import DEFAULT_WINDOW, PackIndex, blend_indices, pack_documents
-from megatron_mio.data.validate import IndexInfo, loss_mask_prefix, validate_packed_source
+from megatron_mio.data.validate import IndexInfo, loss_mask_prefix, read_index, validate_packed_source
 
 PACKING_VERSION = 1  # bump when the packing or blending algorithm changes: invalidates caches
 
@@ -120,8 +120,14 @@ def load_or_build_pack_index(
         atomic_write_text(meta_path, json.dumps(meta, indent=1))  # last: marks the cache complete
 
     build_once(meta_path, build)
-    with open(meta_path) as f:
+    return open_pack_index(base)
+
+
+def open_pack_index(base: str) -> tuple[PackIndex, dict]:
+    """Memory-map a cached pack index (``base`` = the cache files' common prefix)."""
+    with open(f"{base}.json") as f:
         meta = json.load(f)
+    meta["cache_base"] = base
     index = PackIndex(
         pack_offsets=np.load(f"{base}.offsets.npy", mmap_mode="r"),
         doc_ids=np.load(f"{base}.doc_ids.npy", mmap_mode="r"),
@@ -162,7 +168,7 @@ class PackedDataset(torch.utils.data.Dataset):
         self.pad_id = pad_id
         self.modality_table = check_modality_table(modality_table)
         info = validate_packed_source(prefix)
-        self.lengths = info.sequence_lengths
+        self._lengths = info.sequence_lengths
         self.n_tokens = info.n_tokens
         self.index, self.meta = load_or_build_pack_index(
             info, seq_length, seed=seed, window=window,
@@ -188,10 +194,23 @@ class PackedDataset(torch.utils.data.Dataset):
             self._readers = (IndexedDataset(self.prefix), IndexedDataset(loss_mask_prefix(self.prefix)))
         return self._readers
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """Document lengths (int32, memory-mapped from the .idx)."""
+        if self._lengths is None:
+            self._lengths = read_index(self.prefix).sequence_lengths
+        return self._lengths
+
+    # Pickling (DataLoader workers under spawn/forkserver) must not copy memory-mapped arrays
+    # into every worker: ship the cache's path and re-map it on the other side.
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_readers"] = None
+        state.update(_readers=None, _lengths=None, index=None)
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.index, _ = open_pack_index(self.meta["cache_base"])
 
     def documents(self, p: int) -> np.ndarray:
         return np.asarray(self.index.pack(p))
@@ -249,7 +268,8 @@ def build_packed_item(
     )
 
 
-def load_or_build_blend(weights: np.ndarray, num_samples: int, cache_dir: str) -> tuple[np.ndarray, np.ndarray]:
+def load_or_build_blend(weights: np.ndarray, num_samples: int, cache_dir: str) -> str:
+    """The cache base of the blending index (built by rank 0 when missing)."""
     digest = hashlib.blake2b(digest_size=8)
     digest.update(json.dumps([PACKING_VERSION, np.asarray(weights, dtype=np.float64).tolist(),
                               int(num_samples)]).encode())
@@ -264,6 +284,10 @@ def load_or_build_blend(weights: np.ndarray, num_samples: int, cache_dir: str) -
 
     os.makedirs(cache_dir, exist_ok=True)
     build_once(f"{base}.json", build)
+    return base
+
+
+def open_blend(base: str) -> tuple[np.ndarray, np.ndarray]:
     return np.load(f"{base}.dataset.npy", mmap_mode="r"), np.load(f"{base}.sample.npy", mmap_mode="r")
 
 
@@ -301,12 +325,21 @@ class BlendedPackedDataset(torch.utils.data.Dataset):
             ds.cu_seqlens_length = width
         self.cu_seqlens_length = width
         cache_dir = cache_dir or os.path.dirname(os.path.abspath(datasets[0].prefix))
-        self.dataset_index, self.dataset_sample_index = load_or_build_blend(
-            self.weights, self.num_samples, cache_dir)
+        self._blend_base = load_or_build_blend(self.weights, self.num_samples, cache_dir)
+        self.dataset_index, self.dataset_sample_index = open_blend(self._blend_base)
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def __getstate__(self):  # re-map the blend in workers instead of copying it (see PackedDataset)
+        state = dict(self.__dict__)
+        state.update(dataset_index=None, dataset_sample_index=None, _perms=OrderedDict())
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.dataset_index, self.dataset_sample_index = open_blend(self._blend_base)
 
     def _epoch_permutation(self, d: int, epoch: int) -> np.ndarray:
         key = (d, epoch)
