@@ -53,6 +53,7 @@ def write_yaml(tmp_path, text):
         ("types:\n  a:\n    weight: 1\n    prefix: [x]\n", r"mix.yaml:4: types.a.prefix: unknown field"),
         ("types: {}\n", r"non-empty mapping"),
         ("types: [\n", r"not valid YAML"),
+        ("", r"mix.yaml: types: expected a non-empty mapping"),
     ],
 )
 def test_bad_mixture_files_name_file_line_and_field(tmp_path, body, match):

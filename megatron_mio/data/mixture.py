@@ -92,7 +92,8 @@ def load_mixture(path: str | os.PathLike) -> Mixture:
         raise MixtureError(f"{path}: not valid YAML: {err}") from None
 
     def where(*field) -> str:
-        return f"{path}:{_line(root_node, field)}: {'.'.join(map(str, field))}"
+        line = _line(root_node, field)
+        return f"{path}{f':{line}' if line else ''}: {'.'.join(map(str, field))}"
 
     if not isinstance(data, dict) or not isinstance(data.get("types"), dict) or not data["types"]:
         raise MixtureError(f"{where('types')}: expected a non-empty mapping of data types")

@@ -45,9 +45,15 @@ def _distributed() -> bool:
 def build_once(done_path: str, build) -> None:
     """Run ``build()`` on global rank 0 only (if ``done_path`` is missing); everyone else waits."""
     if _distributed():
+        failure = None
         if torch.distributed.get_rank() == 0 and not os.path.exists(done_path):
-            build()
+            try:
+                build()
+            except Exception as err:  # reach the barrier anyway, so other ranks fail fast too
+                failure = err
         torch.distributed.barrier()
+        if failure is not None:
+            raise failure
     elif not os.path.exists(done_path):
         build()
     if not os.path.exists(done_path):
