@@ -1,0 +1,11 @@
+"""MIO data: JSONL samples -> templates -> indexed datasets -> packed, document-masked batches.
+
+Modules, in the order data flows through them:
+
+- ``schema``, ``templates``, ``preprocess``, ``indexed``: samples to token ids and loss masks,
+  written as megatron-core indexed datasets (``P.bin/.idx`` + ``P.loss_mask.bin/.idx``).
+- ``validate``, ``packing``, ``packed_dataset``, ``mixture``, ``sampler``: the C++ packing and
+  blending indices, packed items, stage mixtures and the resumable data-parallel loader.
+- ``batch``: the packed batch contract the model consumes.
+- ``synthetic``: a small sample corpus of every data type for tests, benchmarks and the quickstart.
+"""
