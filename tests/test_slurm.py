@@ -1,0 +1,226 @@
+"""The launch scripts under a real one-node Slurm cluster (ci/slurm), on the CPU.
+
+* ``sbatch --wait examples/pretrain_stage3.sh`` with a tiny CPU configuration through the
+  environment variables (TP=2 on two processes): the job exits 0 and writes a checkpoint;
+* preemption: the warning signal (``scancel --signal=USR1 --batch``, what ``--signal=B:USR1@N``
+  sends) reaches the trainers mid-run; they save and exit 0, the job requeues itself, resumes
+  from the checkpoint and finishes, and every iteration saw exactly the batches of an
+  uninterrupted run (same per-modality token counts and losses, consumed samples continuous);
+* a second submission resumes from the last checkpoint;
+* the multi-node command (srun per node, torchrun with c10d rendezvous at the first host).
+
+The cluster is started for this module and its daemons stopped by PID afterwards.  Slurm must
+be installed (``bash ci/slurm/install.sh``, which CI runs before pytest); without it these tests
+fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.distributed import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "examples/pretrain_stage3.sh"
+CI = REPO_ROOT / "ci/slurm"
+ITERS = 24  # the preempted job's length
+GLOBAL_BATCH = 4  # examples/configs/tiny_cpu.yaml
+
+
+def _run(cmd, env=None, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    """Start munged/slurmctld/slurmd for this module; yield the client environment."""
+    install = _run(["bash", str(CI / "install.sh")], timeout=600, check=False)
+    if install.returncode != 0:
+        pytest.fail("Slurm is not installed and ci/slurm/install.sh could not install it "
+                    f"(run it as root before the tests):\n{install.stdout}\n{install.stderr}")
+    state = tempfile.mkdtemp(prefix="mio-slurm-")
+    try:
+        started = _run(["bash", str(CI / "start.sh"), state], timeout=120, check=False)
+        if started.returncode != 0:
+            pytest.fail(f"could not start the one-node Slurm cluster:\n{started.stdout}\n{started.stderr}")
+        env = dict(os.environ, SLURM_CONF=started.stdout.strip().splitlines()[-1])
+        yield env
+    finally:
+        _run(["bash", str(CI / "stop.sh"), state], check=False)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _train_env(base: dict, ckpt: Path, iters: int) -> dict:
+    """The tiny CPU run, configured only through the script's environment variables."""
+    env = {k: v for k, v in base.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+    env.update(
+        USE_CPU="1", TP="2", PP="1", MODEL="tiny", MIO_REPO=str(REPO_ROOT),
+        STAGE_CONFIG=str(REPO_ROOT / "examples/configs/tiny_cpu.yaml"),
+        MOCK_DATA="1", LOAD_DIR="", CKPT_DIR=str(ckpt), TRAIN_ITERS=str(iters),
+        EXTRA_ARGS="--vocab-size 512 --seq-length 128 --attention-backend torch",
+        PYTHONWARNINGS="ignore",
+    )
+    return env
+
+
+def _metrics(ckpt: Path) -> list[dict]:
+    path = ckpt / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _latest(ckpt: Path) -> int:
+    return int((ckpt / "latest_checkpointed_iteration.txt").read_text())
+
+
+def _sbatch(env: dict, log: Path, name: str, wait: bool = True) -> subprocess.Popen:
+    # The test node has no GPUs: override the script's --gpus-per-node=8; -O lets the job use
+    # more processes than the node's CPUs.
+    cmd = ["sbatch", "-O", "--gpus-per-node=0", "--time=15", f"--job-name={name}",
+           f"--output={log}"] + (["--wait"] if wait else []) + [str(SCRIPT)]
+    return subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _job_id(env: dict, name: str, timeout: float = 30) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = _run(["squeue", "-h", "-n", name, "-o", "%i"], env=env).stdout.split()
+        if out:
+            return out[0]
+        time.sleep(0.2)
+    raise AssertionError(f"job {name} never appeared in squeue")
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = 400) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"sbatch --wait did not return in {timeout}s:\n{_read(log)}")
+    text = _read(log)
+    assert proc.returncode == 0, f"job failed ({proc.returncode}): {out}\n{text}"
+    return text
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else "(no log)"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of the same configuration, outside Slurm (plain bash -> torchrun)."""
+    ckpt = tmp_path_factory.mktemp("reference")
+    env = _train_env(dict(os.environ), ckpt, ITERS)
+    proc = _run(["bash", str(SCRIPT)], env=env, timeout=400, check=False, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    assert "launcher=local" in proc.stderr
+    records = _metrics(ckpt)
+    assert [r["iteration"] for r in records] == list(range(1, ITERS + 1))
+    return records
+
+
+def _same_batches(records: list[dict], reference: list[dict]) -> None:
+    """Each iteration trained on the reference run's batches: identical token counts per
+    modality and the same loss."""
+    by_iteration = {r["iteration"]: r for r in reference}
+    for record in records:
+        ref = by_iteration[record["iteration"]]
+        for key in ("tokens_text", "tokens_image", "tokens_speech", "consumed_samples"):
+            assert record[key] == ref[key], (record["iteration"], key)
+        assert record["loss"] == pytest.approx(ref["loss"], rel=1e-5), record["iteration"]
+
+
+def test_preempted_job_saves_requeues_and_resumes_then_resubmission_continues(
+        slurm_env, reference, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    log = tmp_path / "job.out"
+    env = _train_env(slurm_env, ckpt, ITERS)
+    name = f"mio-preempt-{os.getpid()}"
+    proc = _sbatch(env, log, name)
+    job = _job_id(slurm_env, name)
+
+    # Mid-run: send the warning signal to the batch shell, as --signal=B:USR1@N does.
+    deadline = time.time() + 300
+    while not any(r["iteration"] >= 4 for r in _metrics(ckpt)):
+        assert proc.poll() is None, f"job ended before the signal:\n{_read(log)}"
+        assert time.time() < deadline, f"no training progress:\n{_read(log)}"
+        time.sleep(0.1)
+    _run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env)
+
+    # Slurm holds a requeued job for two minutes (BeginTime); release it at once.
+    deadline = time.time() + 300
+    released = False
+    while proc.poll() is None and time.time() < deadline:
+        state = _run(["squeue", "-h", "-j", job, "-o", "%T %r"], env=slurm_env, check=False).stdout
+        if not released and "PENDING" in state and "BeginTime" in state:
+            _run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_env)
+            released = True
+        time.sleep(0.3)
+    text = _finish(proc, log)
+    assert released, f"the job was not requeued:\n{text}"
+    assert "got SIGUSR1" in text and "requeueing job" in text, text
+    assert "launcher=srun" in text and "restart=1" in text, text
+
+    records = _metrics(ckpt)
+    iterations = [r["iteration"] for r in records]
+    # Every iteration exactly once: nothing repeated, nothing lost across the requeue.
+    assert iterations == list(range(1, ITERS + 1)), iterations
+    assert [r["consumed_samples"] for r in records] == [GLOBAL_BATCH * i for i in iterations]
+    saved = sorted(int(p.name.removeprefix("iter_")) for p in ckpt.glob("iter_*"))
+    preempted_at = saved[0]
+    assert 4 <= preempted_at < ITERS and saved[-1] == ITERS == _latest(ckpt), saved
+    assert f"resuming from {ckpt} (iteration {preempted_at})" in text
+    _same_batches(records, reference)
+
+    # A second submission with more iterations resumes from the last checkpoint.
+    env = _train_env(slurm_env, ckpt, ITERS + 2)
+    text = _finish(_sbatch(env, tmp_path / "job2.out", name + "-2"), tmp_path / "job2.out")
+    assert f"resuming from {ckpt} (iteration {ITERS})" in text
+    records = _metrics(ckpt)
+    assert [r["iteration"] for r in records][-3:] == [ITERS, ITERS + 1, ITERS + 2]
+    assert records[-1]["consumed_samples"] == GLOBAL_BATCH * (ITERS + 2)
+    assert _latest(ckpt) == ITERS + 2
+
+
+def test_multi_node_command(slurm_env, tmp_path):
+    """Inside a 16-node allocation: one srun task per node, torchrun with a c10d rendezvous at
+    the first host from `scontrol show hostnames`, resume from CKPT_DIR, EXTRA_ARGS last."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("100")
+    env = {k: v for k, v in slurm_env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+    env.update(SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="16", SLURM_JOB_NODELIST="gpu[003-018]",
+               GPUS_PER_NODE="8", TP="2", PP="4", CKPT_DIR=str(ckpt), DRY_RUN="1",
+               EXTRA_ARGS="--lr 1e-5", MIO_REPO=str(REPO_ROOT))
+    proc = _run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env)
+    cmd = proc.stdout
+    assert cmd.startswith("srun --nodes 16 --ntasks 16 --ntasks-per-node 1"), cmd
+    assert "--nnodes 16" in cmd and "--nproc-per-node 8" in cmd
+    assert "--rdzv-backend c10d --rdzv-endpoint gpu003:24242" in cmd
+    assert f"--config {REPO_ROOT}/examples/configs/stage1.yaml" in cmd
+    assert "--tensor-model-parallel-size 2 --pipeline-model-parallel-size 4" in cmd
+    assert f"--load {ckpt}" in cmd and "--finetune" not in cmd
+    assert cmd.rstrip().endswith("--lr 1e-5")
+    # Without a checkpoint of its own, stage 1 starts from LOAD_DIR's weights (fresh optimizer).
+    start = tmp_path / "yi"
+    start.mkdir()
+    (start / "latest_checkpointed_iteration.txt").write_text("1")
+    env.update(CKPT_DIR=str(tmp_path / "fresh"), LOAD_DIR=str(start))
+    cmd = _run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env).stdout
+    assert f"--load {start} --finetune" in cmd
+    # A LOAD_DIR without a checkpoint is refused with a clear message.
+    env.update(LOAD_DIR=str(tmp_path / "missing"))
+    proc = _run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env, check=False)
+    assert proc.returncode != 0 and "has no checkpoint" in proc.stderr
