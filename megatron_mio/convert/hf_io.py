@@ -41,6 +41,7 @@ class HFCheckpointReader:
             )
         self.weight_map: dict[str, str] = weight_map
         self._files: dict[str, object] = {}
+        self._headers: dict[str, tuple[dict, int]] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map
@@ -57,7 +58,28 @@ class HFCheckpointReader:
         return self._files[file]
 
     def get(self, name: str) -> torch.Tensor:
-        return self._file(name).get_tensor(name)
+        """One tensor, read with plain file reads into fresh memory.
+
+        (``safe_open.get_tensor`` maps the file: every tensor read would stay resident as mapped
+        file pages for the life of the reader, and memory would grow with the model after all.)
+        """
+        header, data_start = self._header(self.weight_map[name])
+        entry = header[name]
+        begin, end = entry["data_offsets"]
+        tensor = torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
+        with open(self.dir / self.weight_map[name], "rb") as f:
+            f.seek(data_start + begin)
+            f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy()) if tensor.numel() else bytearray())
+        if end - begin != tensor.numel() * tensor.element_size():
+            raise ValueError(f"{self.dir / self.weight_map[name]}: tensor {name!r} has a corrupt header entry")
+        return tensor
+
+    def _header(self, file: str) -> tuple[dict, int]:
+        if file not in self._headers:
+            with open(self.dir / file, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                self._headers[file] = (json.loads(f.read(size)), 8 + size)
+        return self._headers[file]
 
     def shape_and_dtype(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         """Header information only: nothing is read into memory."""

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Conversion wall time and peak RSS, streaming vs load-everything, for a Yi-6B-shaped model.
+
+    python bench/bench_convert.py --work /tmp/bench_convert --layers 4 --tp 2 --pp 2
+
+Builds a random bf16 HF checkpoint with Yi-6B's shapes (hidden 4096, FFN 11008, 32 heads, 4 KV
+heads, vocabulary 64,000; ``--layers`` of them, 32 = the full 12 GB model), then runs each
+direction in a fresh subprocess and reports wall time and peak resident memory (ru_maxrss), as
+multiples of the largest single tensor (the 64,000 x 4,096 embedding, 524 MB).  The baseline
+reads every tensor of the source into memory first and converts from there.
+"""
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+YI = dict(hidden=4096, ffn=11008, heads=32, groups=4, vocab=64000)
+
+
+def build_hf(directory: Path, layers: int) -> None:
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    directory.mkdir(parents=True)
+    h, f, d = YI["hidden"], YI["ffn"], YI["hidden"] // YI["heads"]
+    config = LlamaConfig(vocab_size=YI["vocab"], hidden_size=h, intermediate_size=f, num_hidden_layers=layers,
+                         num_attention_heads=YI["heads"], num_key_value_heads=YI["groups"], rms_norm_eps=1e-5,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5e6}, tie_word_embeddings=False)
+    config.save_pretrained(directory)
+    rand = lambda *shape: torch.randn(*shape, dtype=torch.bfloat16)  # noqa: E731
+    weight_map = {}
+    shards = [{"model.embed_tokens.weight": rand(YI["vocab"], h)}]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shards.append({p + "input_layernorm.weight": rand(h), p + "post_attention_layernorm.weight": rand(h),
+                       p + "self_attn.q_proj.weight": rand(h, h), p + "self_attn.k_proj.weight": rand(4 * d, h),
+                       p + "self_attn.v_proj.weight": rand(4 * d, h), p + "self_attn.o_proj.weight": rand(h, h),
+                       p + "mlp.gate_proj.weight": rand(f, h), p + "mlp.up_proj.weight": rand(f, h),
+                       p + "mlp.down_proj.weight": rand(h, f)})
+    shards.append({"model.norm.weight": rand(h), "lm_head.weight": rand(YI["vocab"], h)})
+    for n, shard in enumerate(shards):
+        name = f"model-{n:05d}.safetensors"
+        save_file(shard, directory / name, metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard})
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def run_child(mode: str, src: Path, dst: Path, tp: int, pp: int) -> dict:
+    start = time.time()
+    subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(dst), str(tp), str(pp)], check=True)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # max over children so far
+    return {"mode": mode, "seconds": time.time() - start}
+
+
+def child(mode: str, src: str, dst: str, tp: int, pp: int) -> None:
+    from megatron_mio.convert import convert_from_hf, convert_to_hf
+    from megatron_mio.convert import hf_io, megatron_io
+
+    if mode.endswith("baseline"):
+        install_load_everything(hf_io, megatron_io)
+    if mode.startswith("from_hf"):
+        convert_from_hf(src, dst, tp=tp, pp=pp, progress=False)
+    else:
+        convert_to_hf(src, dst, progress=False, max_shard_bytes=2**30 if mode == "to_hf" else 2**40)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_rss_bytes": peak}))
+
+
+def install_load_everything(hf_io, megatron_io) -> None:
+    """Baseline: every source tensor is read into memory before any is converted or written."""
+    reader_get = hf_io.HFCheckpointReader.get
+
+    class EagerHF(hf_io.HFCheckpointReader):
+        def __init__(self, d):
+            super().__init__(d)
+            self.cache = {n: reader_get(self, n) for n in self.weight_map}
+
+        def get(self, name):
+            return self.cache[name]
+
+    import megatron_mio.convert.from_hf as from_hf
+    import megatron_mio.convert.to_hf as to_hf
+
+    from_hf.HFCheckpointReader = EagerHF
+    slice_read = megatron_io.CheckpointReader.read
+
+    class EagerMegatron(megatron_io.CheckpointReader):
+        def __init__(self, d):
+            super().__init__(d)
+            self.cache = slice_read(self, {k: None for k in self._tensors})
+
+        def read(self, requests):
+            return {k: self.cache[k] if layer is None else self.cache[k][layer] for k, layer in requests.items()}
+
+    to_hf.CheckpointReader = EagerMegatron
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _, _, mode, src, dst, tp, pp = sys.argv
+        return child(mode, src, dst, int(tp), int(pp))
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--work", default="/tmp/bench_convert")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--tp", type=int, default=2)
+    p.add_argument("--pp", type=int, default=2)
+    args = p.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    build_hf(work / "hf", args.layers)
+    largest = YI["vocab"] * YI["hidden"] * 2
+    total = sum(f.stat().st_size for f in (work / "hf").glob("*.safetensors"))
+    print(f"model: {args.layers} Yi-6B layers, {total / 1e9:.2f} GB bf16; largest tensor {largest / 1e6:.0f} MB")
+    rows = []
+    for mode, src, dst in (("from_hf", "hf", "mg"), ("from_hf_baseline", "hf", "mg_base"),
+                           ("to_hf", "mg", "hf_out"), ("to_hf_baseline", "mg", "hf_base")):
+        start = time.time()
+        out = subprocess.run([sys.executable, __file__, "--child", mode, str(work / src), str(work / dst),
+                              str(args.tp), str(args.pp)], check=True, capture_output=True, text=True)
+        peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+        rows.append((mode, time.time() - start, peak))
+        print(f"{mode:18s} {time.time() - start:7.1f} s   peak RSS {peak / 1e9:5.2f} GB "
+              f"= {peak / largest:4.1f} x largest tensor = {peak / total:4.2f} x model", flush=True)
+
+
+if __name__ == "__main__":
+    main()
