@@ -20,7 +20,8 @@
 #   TP, PP            tensor / pipeline model parallel sizes
 #   MODEL             model preset (yi-6b, tiny, small)
 #   DATA_CONFIG       stage mixture YAML (--data-config); MOCK_DATA=1 uses synthetic data instead
-#   TOKENIZER         MIO tokenizer directory (--tokenizer-model)
+#   TOKENIZER         MIO tokenizer directory (--tokenizer-model; default checkpoints/mio-tokenizer,
+#                     written by examples/convert_yi_to_mio.sh)
 #   CKPT_DIR          where checkpoints are saved and resumed from (--save, and --load on resume)
 #   LOAD_DIR          starting weights when CKPT_DIR has no checkpoint yet (--load ... --finetune)
 #   TRAIN_ITERS       iterations (--train-iters)
@@ -97,6 +98,11 @@ mio_resolve() {
         DATA_CONFIG=$MIO_REPO/examples/data/$stage.yaml
     fi
     CKPT_DIR=${CKPT_DIR:-$MIO_REPO/checkpoints/$stage}
+    # The tokenizer examples/convert_yi_to_mio.sh builds (TOKENIZER= with an empty value: none).
+    if [[ ${MOCK_DATA:-0} != 1 ]]; then
+        TOKENIZER=${TOKENIZER-$MIO_REPO/checkpoints/mio-tokenizer}
+        [[ -z $TOKENIZER || -d $TOKENIZER ]] || mio_die "TOKENIZER=$TOKENIZER: no such directory (examples/convert_yi_to_mio.sh builds it)"
+    fi
     if [[ -z ${LOAD_DIR+set} && -n ${MIO_PREVIOUS_STAGE:-} ]]; then
         LOAD_DIR=$MIO_REPO/checkpoints/$MIO_PREVIOUS_STAGE
     fi

@@ -11,7 +11,7 @@
 #   TP, PP                  tensor / pipeline parallel sizes (default 1, 1; see tools/plan_parallelism.py)
 #   MODEL                   model preset (default from examples/configs/sft.yaml: yi-6b)
 #   DATA_CONFIG             mixture YAML (default examples/data/sft.yaml)
-#   TOKENIZER               MIO tokenizer directory (--tokenizer-model)
+#   TOKENIZER               MIO tokenizer directory (default checkpoints/mio-tokenizer)
 #   CKPT_DIR                checkpoints of this stage; the job resumes from here (default checkpoints/sft)
 #   LOAD_DIR                starting weights (default checkpoints/stage3; empty value: random init)
 #   TRAIN_ITERS             iterations (default from the stage config)

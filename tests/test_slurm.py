@@ -1,7 +1,8 @@
 """The launch scripts under a real one-node Slurm cluster (ci/slurm), on the CPU.
 
 * ``sbatch --wait examples/pretrain_stage3.sh`` with a tiny CPU configuration through the
-  environment variables (TP=2 on two processes): the job exits 0 and writes a checkpoint;
+  environment variables (tiny model, data made with tools/preprocess_data.py, TP=2 on two
+  processes): the job exits 0 and writes a checkpoint;
 * preemption: the warning signal (``scancel --signal=USR1 --batch``, what ``--signal=B:USR1@N``
   sends) reaches the trainers mid-run; they save and exit 0, the job requeues itself, resumes
   from the checkpoint and finishes, and every iteration saw exactly the batches of an
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ SCRIPT = REPO_ROOT / "examples/pretrain_stage3.sh"
 CI = REPO_ROOT / "ci/slurm"
 ITERS = 24  # the preempted job's length
 GLOBAL_BATCH = 4  # examples/configs/tiny_cpu.yaml
+SEQ_LENGTH = 128
 
 
 def _run(cmd, env=None, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
@@ -60,15 +63,32 @@ def slurm_env():
         shutil.rmtree(state, ignore_errors=True)
 
 
-def _train_env(base: dict, ckpt: Path, iters: int) -> dict:
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, mio_tokenizer_dir):
+    """A stage-III dataset of the synthetic corpus, made with tools/preprocess_data.py, and a
+    mixture YAML naming it."""
+    from megatron_mio.data.synthetic import write_sample_corpus
+
+    root = tmp_path_factory.mktemp("slurm_data")
+    corpus = write_sample_corpus(root / "corpus", seed=0)
+    prefix = root / "stage3"
+    _run([sys.executable, str(REPO_ROOT / "tools/preprocess_data.py"), "--input", corpus["pretrain"],
+          "--output-prefix", str(prefix), "--tokenizer", mio_tokenizer_dir, "--stage", "3",
+          "--seq-length", str(SEQ_LENGTH)], cwd=REPO_ROOT, timeout=300)
+    mixture = root / "stage3_tiny.yaml"
+    mixture.write_text(f"types:\n  pretrain: {{weight: 1, prefixes: [{prefix}]}}\n")
+    return {"DATA_CONFIG": str(mixture), "TOKENIZER": mio_tokenizer_dir}
+
+
+def _train_env(base: dict, data: dict, ckpt: Path, iters: int) -> dict:
     """The tiny CPU run, configured only through the script's environment variables."""
     env = {k: v for k, v in base.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
     env.update(
         USE_CPU="1", TP="2", PP="1", MODEL="tiny", MIO_REPO=str(REPO_ROOT),
         STAGE_CONFIG=str(REPO_ROOT / "examples/configs/tiny_cpu.yaml"),
-        MOCK_DATA="1", LOAD_DIR="", CKPT_DIR=str(ckpt), TRAIN_ITERS=str(iters),
-        EXTRA_ARGS="--vocab-size 512 --seq-length 128 --attention-backend torch",
-        PYTHONWARNINGS="ignore",
+        LOAD_DIR="", CKPT_DIR=str(ckpt), TRAIN_ITERS=str(iters),
+        EXTRA_ARGS=f"--seq-length {SEQ_LENGTH} --attention-backend torch",
+        PYTHONWARNINGS="ignore", **data,
     )
     return env
 
@@ -119,10 +139,10 @@ def _read(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, tiny_data):
     """An uninterrupted run of the same configuration, outside Slurm (plain bash -> torchrun)."""
     ckpt = tmp_path_factory.mktemp("reference")
-    env = _train_env(dict(os.environ), ckpt, ITERS)
+    env = _train_env(dict(os.environ), tiny_data, ckpt, ITERS)
     proc = _run(["bash", str(SCRIPT)], env=env, timeout=400, check=False, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     assert "launcher=local" in proc.stderr
@@ -143,10 +163,10 @@ def _same_batches(records: list[dict], reference: list[dict]) -> None:
 
 
 def test_preempted_job_saves_requeues_and_resumes_then_resubmission_continues(
-        slurm_env, reference, tmp_path):
+        slurm_env, tiny_data, reference, tmp_path):
     ckpt = tmp_path / "ckpt"
     log = tmp_path / "job.out"
-    env = _train_env(slurm_env, ckpt, ITERS)
+    env = _train_env(slurm_env, tiny_data, ckpt, ITERS)
     name = f"mio-preempt-{os.getpid()}"
     proc = _sbatch(env, log, name)
     job = _job_id(slurm_env, name)
@@ -185,7 +205,7 @@ def test_preempted_job_saves_requeues_and_resumes_then_resubmission_continues(
     _same_batches(records, reference)
 
     # A second submission with more iterations resumes from the last checkpoint.
-    env = _train_env(slurm_env, ckpt, ITERS + 2)
+    env = _train_env(slurm_env, tiny_data, ckpt, ITERS + 2)
     text = _finish(_sbatch(env, tmp_path / "job2.out", name + "-2"), tmp_path / "job2.out")
     assert f"resuming from {ckpt} (iteration {ITERS})" in text
     records = _metrics(ckpt)
@@ -224,3 +244,35 @@ def test_multi_node_command(slurm_env, tmp_path):
     env.update(LOAD_DIR=str(tmp_path / "missing"))
     proc = _run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env, check=False)
     assert proc.returncode != 0 and "has no checkpoint" in proc.stderr
+
+
+def test_convert_yi_to_mio_script(tmp_path, sentencepiece_model_path):
+    """examples/convert_yi_to_mio.sh on a tiny stand-in for Yi-6B-Base (a random Llama with a
+    SentencePiece tokenizer.model): MIO tokenizer built, extended checkpoint written where
+    pretrain_stage1.sh looks for it."""
+    import sentencepiece
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megatron_mio.model.presets import get_preset
+
+    preset = get_preset("tiny")
+    vocab = sentencepiece.SentencePieceProcessor(model_file=sentencepiece_model_path).get_piece_size()
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=preset.hidden_size, intermediate_size=preset.ffn_hidden_size,
+        num_hidden_layers=preset.num_layers, num_attention_heads=preset.num_attention_heads,
+        num_key_value_heads=preset.num_query_groups, rms_norm_eps=preset.norm_epsilon,
+        rope_parameters={"rope_type": "default", "rope_theta": preset.rotary_base},
+        max_position_embeddings=preset.max_position_embeddings, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    yi = tmp_path / "Yi-6B"
+    LlamaForCausalLM(config).save_pretrained(yi)
+    shutil.copy(sentencepiece_model_path, yi / "tokenizer.model")
+    env = dict(os.environ, YI_DIR=str(yi), TOKENIZER=str(tmp_path / "tok"), OUTPUT=str(tmp_path / "init"),
+               TP="2", PYTHONWARNINGS="ignore", MIO_REPO=str(REPO_ROOT))
+    _run(["bash", str(REPO_ROOT / "examples/convert_yi_to_mio.sh")], env=env, timeout=300, cwd=tmp_path)
+    assert (tmp_path / "init/latest_checkpointed_iteration.txt").read_text().strip() == "0"
+    from megatron_mio.tokenizer import MIOTokenizer
+
+    assert len(MIOTokenizer(str(tmp_path / "tok")).modality_table()) >= vocab + 12_292
