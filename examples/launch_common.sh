@@ -7,9 +7,10 @@
 #   * node count, processes per node, master address and port, rendezvous, NCCL environment,
 #   * srun (one task per node, each running torchrun) inside a Slurm allocation, or torchrun
 #     alone on the local machine,
-#   * preemption: a warning signal (USR1 from `#SBATCH --signal=B:USR1@N`, or TERM) reaching the
-#     batch shell is forwarded to the training processes, which finish the iteration, save and
-#     exit 0; the job then requeues itself (REQUEUE_ON_PREEMPT=1) and resumes with --load,
+#   * preemption: the warning signal (USR1 from `#SBATCH --signal=B:USR1@N`) reaching the batch
+#     shell is forwarded to the training processes, which finish the iteration, save and exit 0;
+#     the job then requeues itself (REQUEUE_ON_PREEMPT=1) and resumes with --load; on TERM
+#     (scancel, Slurm preemption) the trainers also save and exit,
 #   * resume: when CKPT_DIR holds a checkpoint, --load CKPT_DIR; otherwise, when LOAD_DIR is set,
 #     the stage starts from those weights (--load LOAD_DIR --finetune: fresh optimizer and schedule).
 #
@@ -187,16 +188,23 @@ mio_launch_cmd() {
     fi
 }
 
-# Forward a warning signal to the training processes (srun relays it to every task's process
-# tree on every node; locally, the trainers are torchrun's children).
+# Forward a signal to the training processes, which save and exit 0 on USR1 and TERM.
+# USR1 is the time-limit warning: srun relays it to every task's process tree on every node
+# (torchrun ignores it, the trainers catch it), and the job requeues itself afterwards.
+# TERM (scancel, preemption by Slurm) already reaches every process of the job from Slurm; it is
+# relayed only locally, and never requeues: a cancelled job stays cancelled.
 mio_forward_signal() {
-    MIO_PREEMPTED=1
     MIO_INTERRUPTED=1
     mio_log "got SIG$1: asking the trainers to save and exit"
-    if [[ $LAUNCHER == srun ]]; then
-        kill -s USR1 "$MIO_PID" 2>/dev/null || true
-    else
-        pkill -USR1 -P "$MIO_PID" 2>/dev/null || true
+    if [[ $1 == USR1 ]]; then
+        MIO_PREEMPTED=1
+        if [[ $LAUNCHER == srun ]]; then
+            kill -s USR1 "$MIO_PID" 2>/dev/null || true
+        else
+            pkill -USR1 -P "$MIO_PID" 2>/dev/null || true
+        fi
+    elif [[ $LAUNCHER != srun ]]; then
+        pkill -TERM -P "$MIO_PID" 2>/dev/null || true
     fi
 }
 

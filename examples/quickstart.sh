@@ -19,13 +19,20 @@ WORKDIR=$(mkdir -p "${1:-quickstart}" && cd "${1:-quickstart}" && pwd)
 step() { echo; echo "=== $* ==="; }
 
 step "1/6 Python environment"
-PYTHON=$(bash "$REPO/tools/setup_venv.sh" | tail -n 1)
-"$PYTHON" -c "import matplotlib" 2>/dev/null || "$PYTHON" -m pip install -q --disable-pip-version-check matplotlib
+export PYTHONWARNINGS=ignore
+# Quiet steps keep their output in WORKDIR/*.log and show it only when they fail.
+quiet() {
+    local log=$WORKDIR/$1.log; shift
+    "$@" > "$log" 2>&1 || { tail -n 40 "$log" >&2; echo "failed: $*; full log: $log" >&2; exit 1; }
+}
+quiet setup bash "$REPO/tools/setup_venv.sh"
+PYTHON=$(tail -n 1 "$WORKDIR/setup.log")
+"$PYTHON" -c "import matplotlib" 2>/dev/null || quiet setup-matplotlib "$PYTHON" -m pip install -q --disable-pip-version-check matplotlib
 echo "python: $PYTHON"
-export PYTHON PYTHONWARNINGS=ignore
+export PYTHON
 
 step "2-3/6 tokenizer, sample corpus, preprocessing"
-"$PYTHON" -m megatron_mio.quickstart prepare "$WORKDIR"
+"$PYTHON" -m megatron_mio.quickstart prepare "$WORKDIR" 2> "$WORKDIR/prepare.log" || { cat "$WORKDIR/prepare.log" >&2; exit 1; }
 
 step "4/6 training (CPU, TP=${TP:-2}, through examples/pretrain_stage3.sh)"
 rm -rf "$WORKDIR/checkpoints"
@@ -39,13 +46,15 @@ if ! USE_CPU=1 TP=${TP:-2} PP=${PP:-1} MODEL=tiny \
     echo "training failed; full log: $WORKDIR/train.log" >&2
     exit 1
 fi
-grep -E "^ *iteration|mio-launch" "$WORKDIR/train.log" | cut -c1-200 || true
+grep -E "^ *iteration|mio-launch" "$WORKDIR/train.log" | cut -c1-160 || true
 
 step "5/6 export to Hugging Face and generate with transformers"
-"$PYTHON" "$REPO/tools/convert_to_hf.py" --load "$WORKDIR/checkpoints" --output "$WORKDIR/hf_model" \
-    --tokenizer "$WORKDIR/tokenizer" --force
-"$PYTHON" "$REPO/tools/generate.py" --hf-dir "$WORKDIR/hf_model" --prompt "Describe a sunny day." \
-    --modality text --max-new-tokens 24 --output "$WORKDIR/generation.json"
+quiet export "$PYTHON" "$REPO/tools/convert_to_hf.py" --load "$WORKDIR/checkpoints" \
+    --output "$WORKDIR/hf_model" --tokenizer "$WORKDIR/tokenizer" --force
+echo "exported: $WORKDIR/hf_model"
+quiet generate "$PYTHON" "$REPO/tools/generate.py" --hf-dir "$WORKDIR/hf_model" \
+    --prompt "Describe a sunny day." --modality text --max-new-tokens 24 --output "$WORKDIR/generation.json"
+echo "generated: $WORKDIR/generation.json"
 
 step "6/6 summary"
 "$PYTHON" -m megatron_mio.quickstart summary "$WORKDIR"

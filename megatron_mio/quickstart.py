@@ -110,7 +110,7 @@ def plot(records: list[dict], output: Path) -> Path:
             ax.plot(*zip(*points), label=key, linewidth=2 if key == "loss" else 1)
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy per token")
-    ax.set_title("MIO quickstart: tiny model, CPU, TP=2")
+    ax.set_title("MIO quickstart: tiny model on the CPU")
     ax.legend()
     fig.tight_layout()
     tmp = output.with_name(output.stem + ".tmp.png")
@@ -133,7 +133,9 @@ def summary(workdir: Path) -> int:
     png = plot(records, paths["plot"])
     if paths["generation"].exists():
         generation = json.loads(paths["generation"].read_text())
-        print(f"generation (transformers, from {paths['hf']}): {json.dumps(generation)[:300]}")
+        print(f"transformers generated {len(generation.get('generated_ids', []))} tokens from "
+              f"{paths['hf']} ({generation.get('modality')}, {generation.get('decoding')}): "
+              f"{generation.get('text', '')!r}")
     print("outputs:")
     for key in ("tokenizer", "data", "checkpoints", "metrics", "hf", "generation"):
         print(f"  {key:<12} {paths[key]}")
