@@ -12,7 +12,6 @@ reads every tensor of the source into memory first and converts from there.
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -52,13 +51,6 @@ def build_hf(directory: Path, layers: int) -> None:
     (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
 
-def run_child(mode: str, src: Path, dst: Path, tp: int, pp: int) -> dict:
-    start = time.time()
-    subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(dst), str(tp), str(pp)], check=True)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # max over children so far
-    return {"mode": mode, "seconds": time.time() - start}
-
-
 def child(mode: str, src: str, dst: str, tp: int, pp: int) -> None:
     from megatron_mio.convert import convert_from_hf, convert_to_hf
     from megatron_mio.convert import hf_io, megatron_io
@@ -69,8 +61,16 @@ def child(mode: str, src: str, dst: str, tp: int, pp: int) -> None:
         convert_from_hf(src, dst, tp=tp, pp=pp, progress=False)
     else:
         convert_to_hf(src, dst, progress=False, max_shard_bytes=2**30 if mode == "to_hf" else 2**40)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_rss_bytes": peak}))
+    print(json.dumps({"peak_rss_bytes": peak_rss()}))
+
+
+def peak_rss() -> int:
+    """VmHWM of this process image.  (ru_maxrss would not do: Linux carries the parent's peak
+    into a child across fork + exec, and the parent has just built the model.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def install_load_everything(hf_io, megatron_io) -> None:

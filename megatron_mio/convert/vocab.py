@@ -26,13 +26,13 @@ def vocabulary_rows(old: torch.Tensor, vocab: int, padded: int, init: str, seed:
     rows[:base] = old
     added = vocab - base
     if added:
-        reference = old.float()
-        mean = reference.mean(dim=0)
+        # Accumulate in fp32 without an fp32 copy of the whole (largest) tensor.
+        mean = old.mean(dim=0, dtype=torch.float32)
         if init == "mean":
             new = mean.expand(added, hidden)
         else:
             generator = torch.Generator().manual_seed(seed)
-            std = reference.std(dim=0)
+            std = old.float().std(dim=0)
             new = mean + std * torch.randn(added, hidden, generator=generator)
         rows[base:vocab] = new.to(old.dtype)
     return rows
