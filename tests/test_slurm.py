@@ -220,8 +220,10 @@ def test_multi_node_command(slurm_env, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "latest_checkpointed_iteration.txt").write_text("100")
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
     env = {k: v for k, v in slurm_env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
-    env.update(SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="16", SLURM_JOB_NODELIST="gpu[003-018]",
+    env.update(TOKENIZER=str(tokenizer), SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="16", SLURM_JOB_NODELIST="gpu[003-018]",
                GPUS_PER_NODE="8", TP="2", PP="4", CKPT_DIR=str(ckpt), DRY_RUN="1",
                EXTRA_ARGS="--lr 1e-5", MIO_REPO=str(REPO_ROOT))
     proc = _run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env)
@@ -231,6 +233,7 @@ def test_multi_node_command(slurm_env, tmp_path):
     assert "--rdzv-backend c10d --rdzv-endpoint gpu003:24242" in cmd
     assert f"--config {REPO_ROOT}/examples/configs/stage1.yaml" in cmd
     assert "--tensor-model-parallel-size 2 --pipeline-model-parallel-size 4" in cmd
+    assert f"--tokenizer-model {tokenizer}" in cmd
     assert f"--load {ckpt}" in cmd and "--finetune" not in cmd
     assert cmd.rstrip().endswith("--lr 1e-5")
     # Without a checkpoint of its own, stage 1 starts from LOAD_DIR's weights (fresh optimizer).
