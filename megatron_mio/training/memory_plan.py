@@ -153,11 +153,13 @@ def layer_activation_bytes(preset: ModelPreset, seq: int, micro_batch: int, tp: 
       attention, dense: q, k and v repeated to all heads (``3 sbh/TP``), the fp32 softmax and,
         below fp32, the probabilities in the compute dtype (``b heads/TP s^2`` each), the context
         fed to the output projection (``sbh/TP``);
-      attention, flash: q, the grouped k and v, the output (``sbh/TP``, also the projection's
-        input) and the fp32 log-sum-exp (``b heads/TP s``);
+      attention, flash: q and the grouped k after RoPE, v (a view of the fused QKV output, which
+        it keeps alive: ``s b (h + 2 groups kv)/TP``), the output (``sbh/TP``, also the
+        projection's input) and the fp32 log-sum-exp (``b heads/TP s``);
       MLP: fc1's output (``2 s b ffn/TP``) and the SwiGLU product fed to fc2 (``s b ffn/TP``);
         unfused also the SiLU output and the gate half (``2 s b ffn/TP``).
-    Selective recompute keeps only the core attention's inputs and output (no ``s^2`` terms);
+    Selective recompute keeps only the core attention's inputs (q, k and v with the QKV buffer)
+    and output, no ``s^2`` terms;
     full recompute keeps only the layer's input (``sbh``, ``1/TP`` with sequence parallelism).
     """
     e = precision.activation
@@ -172,15 +174,23 @@ def layer_activation_bytes(preset: ModelPreset, seq: int, micro_batch: int, tp: 
 
     norms = 2 * norm_activation_bytes(tokens, h, e, kernels, share)
     rope = 4 * s * kv * e
-    grouped_kv = 2 * tokens * preset.num_query_groups * kv * e // tp
+    group_width = preset.num_query_groups * kv
+    # v is a view of the fused QKV projection's output, so keeping v keeps that whole buffer.
+    qkv_buffer = tokens * (h + 2 * group_width) * e // tp
+    q_and_k = tokens * (h + group_width) * e // tp  # after RoPE: new tensors
+    context = tokens * h * e // tp
     if kernels.attention == "dense":
         if recompute == "selective":
-            attention = tokens * h * e // tp + grouped_kv + tokens * h * e // tp
+            # The checkpoint keeps its inputs q, k, v (v holding the QKV buffer); the projection
+            # keeps the context.
+            attention = q_and_k + qkv_buffer + context
         else:
             probabilities = b * heads * s * s // tp * (4 + (e if e < 4 else 0))
-            attention = 4 * tokens * h * e // tp + probabilities
+            # q, and k, v repeated to every head (copies), and the context.
+            attention = 3 * tokens * h * e // tp + context + probabilities
     elif kernels.attention == "flash":
-        attention = 2 * tokens * h * e // tp + grouped_kv + b * heads * s * 4 // tp
+        lse = b * heads * s * 4 // tp
+        attention = q_and_k + qkv_buffer + context + lse
     else:
         raise ValueError(f"unknown attention kernel {kernels.attention!r}; use 'flash' or 'dense'")
     mlp = (3 if kernels.fused_swiglu else 5) * tokens * f * e // tp
