@@ -56,7 +56,8 @@ def test_resume_3_plus_3_equals_6_straight(runs_root):
     straight = straight_dp2(runs_root)
     ckpt = Path(straight["dir"]) / "ckpt"
     assert read_tracker(ckpt) == 6 and os.path.isdir(iteration_dir(ckpt, 3))
-    resumed_ckpt = copy_checkpoint(ckpt, 3, Path(runs_root) / "resumed" / "ckpt")
+    # Outside the run's own directory, which train() recreates empty.
+    resumed_ckpt = copy_checkpoint(ckpt, 3, Path(runs_root) / "resumed_ckpt")
     resumed = train(runs_root, "resumed", 2, [*DP2, "--load", str(resumed_ckpt), "--save", str(resumed_ckpt)])
     assert sorted(resumed["losses"]) == [4, 5, 6]
     for it in (4, 5, 6):  # exact: same data, same RNG, same optimizer state
@@ -73,7 +74,7 @@ def test_resume_3_plus_3_equals_6_straight(runs_root):
 @pytest.mark.parametrize("source", ["tp2", "pp2"])
 def test_reshard_to_tp1_pp1_next_loss_matches(runs_root, source):
     saved = layout_run(runs_root, source)
-    ckpt = copy_checkpoint(Path(saved["dir"]) / "ckpt", 3, Path(runs_root) / f"{source}_to_1" / "ckpt")
+    ckpt = copy_checkpoint(Path(saved["dir"]) / "ckpt", 3, Path(runs_root) / f"{source}_to_1_ckpt")
     optimizer = ["--use-distributed-optimizer"] if source == "pp2" else []
     run = train(runs_root, f"{source}_to_1", 1, [*ITERS, "--load", str(ckpt), *optimizer])
     assert sorted(run["losses"]) == [4]

@@ -44,6 +44,16 @@ def test_model_parallel_layouts_match_tp1(runs_root, name):
     assert ref["losses"][4] < ref["losses"][1]
 
 
+def test_interleaved_pipeline_trains_and_checkpoints(runs_root):
+    from tests.workers.train_common import ITERS, VPP
+    from megatron_mio.training.checkpointing import read_tracker
+
+    run = train(runs_root, "vpp2", 2, [*ITERS, *from_init(runs_root), *VPP, "--save", str(runs_root / "vpp2" / "ckpt")])
+    losses = [run["losses"][i] for i in (1, 2, 3, 4)]
+    assert all(math.isfinite(x) for x in losses) and losses[3] < losses[0]
+    assert read_tracker(runs_root / "vpp2" / "ckpt") == 4
+
+
 def test_data_parallel_with_distributed_optimizer_matches_tp1(runs_root):
     ref = reference(runs_root)
     run = straight_dp2(runs_root)

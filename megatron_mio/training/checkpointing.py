@@ -231,6 +231,10 @@ class Checkpointer:
         weights_only = args.finetune
         load_optim = not weights_only and not args.no_load_optim and "opt_param_scheduler" in common
         load_rng = not weights_only and not args.no_load_rng and same_layout
+        if load_optim:
+            from megatron_mio.training.optimizer import initialize_empty_state
+
+            initialize_empty_state(optimizer)
         state = sharded_state_dict(
             args, model,
             optimizer if load_optim else None,

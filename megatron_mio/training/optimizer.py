@@ -128,3 +128,22 @@ def optimizer_step(optimizer: MegatronOptimizer) -> tuple[bool, float]:
         return False, grad_norm
     stepped = optimizer.step_with_ready_grads()
     return bool(stepped), grad_norm
+
+
+def initialize_empty_state(optimizer: MegatronOptimizer) -> None:
+    """Give a fresh torch AdamW behind a DistributedOptimizer its state before a checkpoint load.
+
+    ``DistributedOptimizer.state_dict()`` (called while building the load request) reads every
+    parameter's ``step`` and fails on an optimizer that has not stepped yet; zeros are the state
+    of a step-0 AdamW, and the load then overwrites them.
+    """
+    for inner in leaf_optimizers(optimizer):
+        if not isinstance(inner, DistributedOptimizer) or not isinstance(inner.optimizer, torch.optim.Optimizer):
+            continue
+        for group in inner.optimizer.param_groups:
+            for param in group["params"]:
+                state = inner.optimizer.state[param]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(param.data)
+                    state["exp_avg_sq"] = torch.zeros_like(param.data)
