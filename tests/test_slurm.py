@@ -1,13 +1,13 @@
 """The launch scripts under a real one-node Slurm cluster (ci/slurm), on the CPU.
 
-* ``sbatch --wait examples/pretrain_stage3.sh`` with a tiny CPU configuration through the
-  environment variables (tiny model, data made with tools/preprocess_data.py, TP=2 on two
-  processes): the job exits 0 and writes a checkpoint;
+* ``sbatch examples/pretrain_stage3.sh`` with a tiny CPU configuration through the environment
+  variables (tiny model, data made with tools/preprocess_data.py, TP=2 on two processes);
 * preemption: the warning signal (``scancel --signal=USR1 --batch``, what ``--signal=B:USR1@N``
   sends) reaches the trainers mid-run; they save and exit 0, the job requeues itself, resumes
-  from the checkpoint and finishes, and every iteration saw exactly the batches of an
-  uninterrupted run (same per-modality token counts and losses, consumed samples continuous);
-* a second submission resumes from the last checkpoint;
+  from the checkpoint and finishes with exit 0, and every iteration saw exactly the batches of
+  an uninterrupted run (same per-modality token counts and losses, consumed samples continuous);
+* a second submission (``sbatch --wait``) exits 0 after resuming from the last checkpoint;
+* examples/convert_yi_to_mio.sh on a tiny stand-in for Yi-6B;
 * the multi-node command (srun per node, torchrun with c10d rendezvous at the first host).
 
 The cluster is started for this module and its daemons stopped by PID afterwards.  Slurm must
@@ -104,34 +104,52 @@ def _latest(ckpt: Path) -> int:
     return int((ckpt / "latest_checkpointed_iteration.txt").read_text())
 
 
-def _sbatch(env: dict, log: Path, name: str, wait: bool = True) -> subprocess.Popen:
-    # The test node has no GPUs: override the script's --gpus-per-node=8; -O lets the job use
-    # more processes than the node's CPUs.
-    cmd = ["sbatch", "-O", "--gpus-per-node=0", "--time=15", f"--job-name={name}",
-           f"--output={log}"] + (["--wait"] if wait else []) + [str(SCRIPT)]
-    return subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def _sbatch(env: dict, log: Path) -> str:
+    """Submit the stage-III script; returns the job id.  The test node has no GPUs: override the
+    script's --gpus-per-node=8; -O lets the job use more processes than the node's CPUs."""
+    cmd = ["sbatch", "--parsable", "-O", "--gpus-per-node=0", "--time=15", f"--output={log}", str(SCRIPT)]
+    return _run(cmd, env=env, cwd=REPO_ROOT).stdout.strip().split(";")[0]
 
 
-def _job_id(env: dict, name: str, timeout: float = 30) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        out = _run(["squeue", "-h", "-n", name, "-o", "%i"], env=env).stdout.split()
-        if out:
-            return out[0]
-        time.sleep(0.2)
-    raise AssertionError(f"job {name} never appeared in squeue")
-
-
-def _finish(proc: subprocess.Popen, log: Path, timeout: float = 400) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError(f"sbatch --wait did not return in {timeout}s:\n{_read(log)}")
+def _sbatch_wait(env: dict, log: Path) -> str:
+    """``sbatch --wait``: returns the job's log once it exited 0."""
+    cmd = ["sbatch", "--wait", "-O", "--gpus-per-node=0", "--time=15", f"--output={log}", str(SCRIPT)]
+    proc = _run(cmd, env=env, cwd=REPO_ROOT, timeout=400, check=False)
     text = _read(log)
-    assert proc.returncode == 0, f"job failed ({proc.returncode}): {out}\n{text}"
+    assert proc.returncode == 0, f"job failed ({proc.returncode}): {proc.stdout}{proc.stderr}\n{text}"
     return text
+
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+            "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+def _job_fields(env: dict, job: str) -> dict:
+    out = _run(["scontrol", "show", "job", "-o", job], env=env, check=False).stdout
+    return dict(item.split("=", 1) for item in out.split() if "=" in item)
+
+
+def _wait(env: dict, job: str, log: Path, restarts: int = 0, timeout: float = 400) -> tuple[str, bool]:
+    """Wait until the job has finished after ``restarts`` requeues; returns (log text, whether a
+    requeue hold was released).  (``sbatch --wait`` can return early while a job is requeued,
+    so the state is polled here.)  Slurm holds a requeued job for two minutes (Reason=BeginTime):
+    the test releases it at once."""
+    deadline = time.time() + timeout
+    released = False
+    while time.time() < deadline:
+        fields = _job_fields(env, job)
+        if not fields:
+            raise AssertionError(f"job {job} left the controller unseen:\n{_read(log)}")
+        if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
+            _run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env)
+            released = True
+        if fields.get("JobState") in TERMINAL and int(fields.get("Restarts", 0)) >= restarts:
+            text = _read(log)
+            assert fields["JobState"] == "COMPLETED" and fields.get("ExitCode") == "0:0", \
+                f"job {job}: {fields.get('JobState')} exit {fields.get('ExitCode')}\n{text}"
+            return text, released
+        time.sleep(0.3)
+    raise AssertionError(f"job {job} did not finish in {timeout}s:\n{_read(log)}")
 
 
 def _read(path: Path) -> str:
@@ -167,28 +185,17 @@ def test_preempted_job_saves_requeues_and_resumes_then_resubmission_continues(
     ckpt = tmp_path / "ckpt"
     log = tmp_path / "job.out"
     env = _train_env(slurm_env, tiny_data, ckpt, ITERS)
-    name = f"mio-preempt-{os.getpid()}"
-    proc = _sbatch(env, log, name)
-    job = _job_id(slurm_env, name)
+    job = _sbatch(env, log)
 
     # Mid-run: send the warning signal to the batch shell, as --signal=B:USR1@N does.
     deadline = time.time() + 300
     while not any(r["iteration"] >= 4 for r in _metrics(ckpt)):
-        assert proc.poll() is None, f"job ended before the signal:\n{_read(log)}"
+        assert _job_fields(slurm_env, job).get("JobState") in ("PENDING", "RUNNING"), \
+            f"job ended before the signal:\n{_read(log)}"
         assert time.time() < deadline, f"no training progress:\n{_read(log)}"
         time.sleep(0.1)
     _run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env)
-
-    # Slurm holds a requeued job for two minutes (BeginTime); release it at once.
-    deadline = time.time() + 300
-    released = False
-    while proc.poll() is None and time.time() < deadline:
-        state = _run(["squeue", "-h", "-j", job, "-o", "%T %r"], env=slurm_env, check=False).stdout
-        if not released and "PENDING" in state and "BeginTime" in state:
-            _run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_env)
-            released = True
-        time.sleep(0.3)
-    text = _finish(proc, log)
+    text, released = _wait(slurm_env, job, log, restarts=1)
     assert released, f"the job was not requeued:\n{text}"
     assert "got SIGUSR1" in text and "requeueing job" in text, text
     assert "launcher=srun" in text and "restart=1" in text, text
@@ -206,7 +213,7 @@ def test_preempted_job_saves_requeues_and_resumes_then_resubmission_continues(
 
     # A second submission with more iterations resumes from the last checkpoint.
     env = _train_env(slurm_env, tiny_data, ckpt, ITERS + 2)
-    text = _finish(_sbatch(env, tmp_path / "job2.out", name + "-2"), tmp_path / "job2.out")
+    text = _sbatch_wait(env, tmp_path / "job2.out")
     assert f"resuming from {ckpt} (iteration {ITERS})" in text
     records = _metrics(ckpt)
     assert [r["iteration"] for r in records][-3:] == [ITERS, ITERS + 1, ITERS + 2]

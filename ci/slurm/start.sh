@@ -33,7 +33,7 @@ cpus=$(nproc)
 cat > "$state/slurm.conf" <<CONF
 # One-node test cluster written by ci/slurm/start.sh.
 ClusterName=mio-ci
-SlurmctldHost=$node
+SlurmctldHost=$node(127.0.0.1)
 SlurmctldPort=$(free_port)
 SlurmdPort=$(free_port)
 SlurmUser=root
@@ -57,7 +57,7 @@ SchedulerType=sched/backfill
 # Finished jobs leave the controller quickly, so \`sbatch --wait\` returns promptly.
 MinJobAge=5
 KillWait=30
-NodeName=$node CPUs=$cpus State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF
 echo "$state/slurm.conf" > "$state/conf_path"
