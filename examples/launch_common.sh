@@ -181,7 +181,11 @@ mio_torchrun_cmd() {
 mio_launch_cmd() {
     local node_cmd=(bash -c 'trap "" USR1; exec "$@"' mio-node "${MIO_TORCHRUN[@]}" "${MIO_ARGS[@]}")
     if [[ $LAUNCHER == srun ]]; then
-        MIO_CMD=(srun --nodes "$NNODES" --ntasks "$NNODES" --ntasks-per-node 1 --kill-on-bad-exit=1
+        # The one task per node gets every CPU of the node (srun does not inherit the batch
+        # job's --cpus-per-task since Slurm 22.05; a 1-CPU step would pin all 8 trainers to
+        # one core) and, by default, all of the job's GPUs.
+        MIO_CMD=(srun --nodes "$NNODES" --ntasks "$NNODES" --ntasks-per-node 1
+                 --cpus-per-task "${SLURM_CPUS_ON_NODE:-1}" --kill-on-bad-exit=1
                  --export=ALL "${node_cmd[@]}")
     else
         MIO_CMD=("${node_cmd[@]}")

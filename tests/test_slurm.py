@@ -143,11 +143,18 @@ def _wait(env: dict, job: str, log: Path, restarts: int = 0, timeout: float = 40
         if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
             _run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env)
             released = True
-        if fields.get("JobState") in TERMINAL and int(fields.get("Restarts", 0)) >= restarts:
-            text = _read(log)
+        text = _read(log)
+        # While Slurm requeues a job it briefly shows a terminal state (FAILED, Restarts already
+        # counted): done means a terminal state after the last run's launch has exited.
+        runs_done = text.count("training exited with status")
+        if (fields.get("JobState") in TERMINAL and int(fields.get("Restarts", 0)) >= restarts
+                and f"restart={restarts}" in text and runs_done >= restarts + 1):
             assert fields["JobState"] == "COMPLETED" and fields.get("ExitCode") == "0:0", \
                 f"job {job}: {fields.get('JobState')} exit {fields.get('ExitCode')}\n{text}"
             return text, released
+        if fields.get("JobState") in TERMINAL and text.count("requeueing job") < restarts:
+            raise AssertionError(f"job {job} ended ({fields.get('JobState')}, exit "
+                                 f"{fields.get('ExitCode')}) without requeueing:\n{text}")
         time.sleep(0.3)
     raise AssertionError(f"job {job} did not finish in {timeout}s:\n{_read(log)}")
 
@@ -230,12 +237,14 @@ def test_multi_node_command(slurm_env, tmp_path):
     tokenizer = tmp_path / "tokenizer"
     tokenizer.mkdir()
     env = {k: v for k, v in slurm_env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
-    env.update(TOKENIZER=str(tokenizer), SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="16", SLURM_JOB_NODELIST="gpu[003-018]",
+    env.update(TOKENIZER=str(tokenizer), SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="16",
+               SLURM_JOB_NODELIST="gpu[003-018]", SLURM_CPUS_ON_NODE="96",
                GPUS_PER_NODE="8", TP="2", PP="4", CKPT_DIR=str(ckpt), DRY_RUN="1",
                EXTRA_ARGS="--lr 1e-5", MIO_REPO=str(REPO_ROOT))
     proc = _run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env)
     cmd = proc.stdout
     assert cmd.startswith("srun --nodes 16 --ntasks 16 --ntasks-per-node 1"), cmd
+    assert "--cpus-per-task 96" in cmd  # the node's CPUs for its one torchrun task
     assert "--nnodes 16" in cmd and "--nproc-per-node 8" in cmd
     assert "--rdzv-backend c10d --rdzv-endpoint gpu003:24242" in cmd
     assert f"--config {REPO_ROOT}/examples/configs/stage1.yaml" in cmd
