@@ -56,6 +56,22 @@ def initialize(args) -> mio_platform.Platform:
     return plat
 
 
+def _set_pipeline_p2p(config, *, interleaved: bool) -> None:
+    """How pipeline stages exchange tensors: Megatron-LM's choice, separate sends for VPP.
+
+    The interleaved schedule's steady state sends an activation to the next stage and a gradient
+    to the previous one in the same call.  With two pipeline ranks both are the same peer, and
+    megatron-core's batched p2p (``batch_p2p_comm``, TransformerConfig's default) posts them as
+    untagged sends in the order [prev, next] on both sides: the peer's "from previous" receive gets
+    the gradient and its "from next" receive the activation (same shape, so no error, only wrong
+    numbers; NVIDIA/Megatron-LM#750, #1450; NCCL matches same-peer ops in order too).  The
+    overlapped, unbatched p2p (Megatron-LM's default for interleaving) sends the two directions on
+    different process groups, so they cannot cross.
+    """
+    config.overlap_p2p_comm = interleaved
+    config.batch_p2p_comm = not interleaved
+
+
 def build_model(args, preset, plat) -> list[DistributedDataParallel]:
     """This rank's model chunks (one, or one per virtual stage), wrapped in megatron's DDP."""
     config = build_transformer_config(
@@ -76,6 +92,7 @@ def build_model(args, preset, plat) -> list[DistributedDataParallel]:
         config.params_dtype = config.pipeline_dtype = torch.float16
     config.calculate_per_token_loss = True
     vp = args.virtual_pipeline_model_parallel_size
+    _set_pipeline_p2p(config, interleaved=vp is not None)
     chunks = []
     for index in range(vp or 1):
         vp_stage = index if vp else None
