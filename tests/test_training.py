@@ -1,7 +1,8 @@
 """The trainer end to end: real ``python -m megatron_mio.pretrain`` runs on torchrun/gloo ranks.
 
-Parallel layouts (TP=2, PP=2, interleaved PP=2 x VP=2, DP=2) are checked against TP=PP=DP=1 from the *same* initial weights (an iteration-0
-checkpoint loaded with --finetune), the same packs and the same schedule.  Tolerance: 2e-5
+Parallel layouts (TP=2, PP=2, interleaved PP=2 x VP=2, DP=2) are checked against TP=PP=DP=1
+from the *same* initial weights (an iteration-0 checkpoint loaded with --finetune), the same packs
+and the same schedule.  Tolerance: 2e-5
 relative on the per-token loss for the first 4 iterations (fp32; only the order of reductions
 differs between layouts; measured differences are around 1e-7).
 """
