@@ -85,6 +85,22 @@ def test_reshard_to_tp1_pp1_next_loss_matches(runs_root, source):
     run = train(runs_root, f"{source}_to_1", 1, [*ITERS, "--load", str(ckpt), *optimizer])
     assert sorted(run["losses"]) == [4]
     assert math.isclose(run["losses"][4], saved["losses"][4], rel_tol=RESHARD_RTOL)
+    # Every source layout keeps the initial checkpoint's TP=2 padding (512 rows, TP=1 alone: 384).
+    assert "using the checkpoint's padded vocabulary of 512 rows (this layout alone would pad 300 to 384)" in run["stdout"]
+
+
+@pytest.mark.parametrize(("tp", "saved", "expected"), [
+    (1, None, 384),            # nothing saved: this layout's own padding
+    (1, 512, 512),             # TP=2 checkpoint at TP=1: adopt, so the reshard is exact
+    (2, 384, 384),             # TP=1 checkpoint at TP=2: 384 rows split over 2 ranks, adopt
+    (4, 510, 512),             # 510 rows do not split over 4 ranks: own padding (and a warning at load)
+    (1, 256, 384),             # fewer rows than the vocabulary: own padding
+])
+def test_padded_vocab_for_load(tp, saved, expected):
+    from megatron_mio.training.checkpointing import padded_vocab_for_load
+
+    layout = None if saved is None else {"padded_vocab_size": saved}
+    assert padded_vocab_for_load(300, 128, tp, layout) == expected
 
 
 def test_finetune_loads_weights_only(runs_root):

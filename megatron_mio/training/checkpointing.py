@@ -36,6 +36,8 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import StrictHandling
 from megatron.core.utils import unwrap_model
 
+from megatron_mio.model import padded_vocab_size
+
 log = logging.getLogger(__name__)
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -115,6 +117,38 @@ def layout(args) -> dict:
         "seq_length": args.seq_length,
         "bf16": args.bf16,
     }
+
+
+def saved_layout(load_root: str | None) -> dict | None:
+    """The ``args`` (layout) recorded by ``--load``'s latest checkpoint, or None when there is none.
+
+    Read before the model is built: the layout decides sizes (the padded vocabulary) of this run.
+    """
+    iteration = read_tracker(load_root) if load_root else None
+    if iteration is None:
+        return None
+    common = dist_checkpointing.load_common_state_dict(iteration_dir(load_root, iteration))
+    return common.get("args")
+
+
+def padded_vocab_for_load(vocab_size: int, divisible_by: int, tensor_parallel_size: int,
+                          saved: dict | None) -> int:
+    """This run's padded vocabulary: the checkpoint's, when this tensor-parallel size can shard it.
+
+    Padding depends on the TP size (``padded_vocab_size``), and padding rows that the checkpoint
+    does not have would keep their fresh initialisation and take part in the softmax.  Adopting
+    the saved size (when it divides by this TP size and holds the whole vocabulary) makes a
+    reshard exact; otherwise the run pads its own way and ``Checkpointer.load`` warns.
+    """
+    own = padded_vocab_size(vocab_size, divisible_by, tensor_parallel_size)
+    recorded = (saved or {}).get("padded_vocab_size")
+    if recorded is None or recorded == own:
+        return own
+    if recorded >= vocab_size and recorded % tensor_parallel_size == 0:
+        log.info("using the checkpoint's padded vocabulary of %d rows (this layout alone would pad %d to %d)",
+                 recorded, vocab_size, own)
+        return recorded
+    return own
 
 
 def sharded_state_dict(args, model, optimizer=None, scheduler=None, *, is_loading=False, rng=True) -> dict:
@@ -224,8 +258,9 @@ class Checkpointer:
             # megatron loads the common rows; the padding rows keep this run's initialisation
             # and take part in the softmax, so losses differ from the saving run.
             log.warning(
-                "%s has a padded vocabulary of %s rows, this run %s: pass --make-vocab-size-divisible-by "
-                "so that both pad to the same size for an exact continuation",
+                "%s has a padded vocabulary of %s rows, this run %s (the saved size does not shard over "
+                "this tensor-parallel size): pass --make-vocab-size-divisible-by so that both pad to the "
+                "same size for an exact continuation",
                 directory, saved.get("padded_vocab_size"), args.padded_vocab_size,
             )
         weights_only = args.finetune

@@ -23,10 +23,10 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
 from megatron_mio import platform as mio_platform
-from megatron_mio.model import build_gpt_model, build_transformer_config, padded_vocab_size
+from megatron_mio.model import build_gpt_model, build_transformer_config
 from megatron_mio.training import data as mio_data
 from megatron_mio.training.arguments import model_preset, parse_args
-from megatron_mio.training.checkpointing import Checkpointer
+from megatron_mio.training.checkpointing import Checkpointer, padded_vocab_for_load, saved_layout
 from megatron_mio.training.metrics import CountingIterator, IntervalStats, MetricsLogger
 from megatron_mio.training.optimizer import build_optimizer, build_scheduler, optimizer_step
 from megatron_mio.training.signals import ExitSignal
@@ -190,8 +190,9 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     plat = initialize(args)
     preset = model_preset(args)
     args.true_vocab_size = mio_data.tokenizer_vocab_size(args)
-    args.padded_vocab_size = padded_vocab_size(
-        args.true_vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
+    args.padded_vocab_size = padded_vocab_for_load(
+        args.true_vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size,
+        saved_layout(args.load),
     )
     table = mio_data.modality_table(args)
 

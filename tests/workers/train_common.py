@@ -14,9 +14,11 @@ from pathlib import Path
 from tests.distributed import run_torchrun
 
 # A tiny GQA model (4 layers so PP=2 with two virtual stages of one layer fits), mock packs.
+# 300 ids pad to 384 rows at TP=1 but 512 at TP=2 (multiples of 128 x TP): the initial weights
+# are saved at TP=2, so every TP=1 run loads a checkpoint padded for another layout.
 TINY = [
     "--use-cpu", "--mock-data", "--model-preset", "tiny", "--num-layers", "4",
-    "--vocab-size", "256", "--seq-length", "64", "--micro-batch-size", "1",
+    "--vocab-size", "300", "--seq-length", "64", "--micro-batch-size", "1",
     "--global-batch-size", "4", "--lr", "3e-3", "--lr-warmup-iters", "1",
     "--lr-decay-iters", "10", "--min-lr", "3e-4", "--weight-decay", "0.01", "--log-interval", "1",
 ]
@@ -55,14 +57,18 @@ def train(root: Path, name: str, nproc: int, extra: list[str], *, base=TINY) -> 
 
 
 def initial_checkpoint(root: Path) -> Path:
-    """Iteration-0 weights of the tiny model at TP=PP=1: every layout starts from them (--finetune).
+    """Iteration-0 weights of the tiny model at TP=2: every layout starts from them (--finetune).
+
+    Saved at TP=2, so the vocabulary is padded to 512 rows where TP=1 alone would pad to 384: the
+    TP=1 runs must adopt the checkpoint's padding to match the other layouts exactly.
 
     Initialised 10x wider than the preset (std 0.2): at std 0.02 the logits are almost uniform,
     every loss sits near log(vocab), and even activations paired with the wrong micro-batch move
     the loss by only ~1e-4 relative.  Wide weights make such a mismatch a visible one.
     """
     save = Path(root) / "init" / "ckpt"
-    train(root, "init", 1, ["--train-iters", "0", "--init-method-std", "0.2", "--save", save])
+    train(root, "init", 2, ["--train-iters", "0", "--init-method-std", "0.2", "--tensor-model-parallel-size", "2",
+                            "--save", save])
     return save
 
 
