@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-method-std", type=float, default=None)
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     g.add_argument("--vocab-size", type=int, default=None, help="vocabulary size when no --tokenizer-model is given (mock data)")
-    g.add_argument("--attention-backend", default=None, choices=list(BACKENDS), help="default: te if installed, else torch")
+    g.add_argument("--attention-backend", default=None, choices=list(BACKENDS), help="default: megatron_mio.model.attention.default_backend()")
     g.add_argument("--use-cpu-initialization", action="store_true", help="initialise weights on the CPU as unsplit master weights (same numbers for any TP)")
 
     g = parser.add_argument_group("parallelism")
