@@ -31,7 +31,7 @@ def chat_prompt_ids(tokenizer: MIOTokenizer, text: str, mode: str = "std",
         parts.append(("speech", S.Speech(content=np.asarray(speech_codes, dtype=np.int64), timbre=None)))
     parts.append(("text", text))
     chat = S.Chat(mode=mode, messages=[S.Message("user", parts)])
-    ids, _ = encode_document(TemplateRenderer(tokenizer, "sft")._chat(chat), tokenizer)
+    ids, _ = encode_document(TemplateRenderer(tokenizer, "sft").render_chat(chat), tokenizer)
     header = [tokenizer.im_start_id, *tokenizer.encode_text("assistant\n")]
     return [*ids.tolist(), *header]
 

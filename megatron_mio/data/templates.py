@@ -155,7 +155,7 @@ class TemplateRenderer:
             raise S.SampleError("type", "chat samples need --stage sft" if is_chat else
                                 "--stage sft takes chat samples only")
         if is_chat:
-            return self._chat(sample)
+            return self.render_chat(sample)
         doc = Document()
         if isinstance(sample, S.Language):
             doc.text(sample.text)
@@ -205,7 +205,7 @@ class TemplateRenderer:
                    speech=lambda d: self._speech(d, sample.speech, generated=tts))
 
     # -- SFT ---------------------------------------------------------------------------------
-    def _chat(self, chat: S.Chat) -> Document:
+    def render_chat(self, chat: S.Chat) -> Document:
         """Yi ChatML: ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message, the system
         prompt of the chat's mode first (unless the chat brings its own); loss on assistant
         content and its ``<|im_end|>`` only."""
