@@ -13,6 +13,7 @@ the file, the line and the key, so a typo in a stage config never silently falls
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 import yaml
@@ -20,18 +21,8 @@ import yaml
 from megatron_mio.model.attention import BACKENDS, available_backends, default_backend
 from megatron_mio.model.presets import PRESETS, ModelPreset, get_preset
 
-# Model fields a flag can override on top of --model-preset (flag dest -> ModelPreset field).
-MODEL_OVERRIDES = {
-    "num_layers": "num_layers",
-    "hidden_size": "hidden_size",
-    "ffn_hidden_size": "ffn_hidden_size",
-    "num_attention_heads": "num_attention_heads",
-    "num_query_groups": "num_query_groups",
-    "norm_epsilon": "norm_epsilon",
-    "rotary_base": "rotary_base",
-    "max_position_embeddings": "max_position_embeddings",
-    "init_method_std": "init_method_std",
-}
+# Every ModelPreset field has a flag of the same name that overrides the preset.
+MODEL_OVERRIDES = tuple(field.name for field in dataclasses.fields(ModelPreset))
 
 
 class ConfigError(ValueError):
@@ -232,7 +223,7 @@ def parse_args(argv: list[str] | None = None, world_size: int | None = None) -> 
 
 def model_preset(args: argparse.Namespace) -> ModelPreset:
     """--model-preset with every model flag that was given applied on top."""
-    overrides = {field: getattr(args, dest) for dest, field in MODEL_OVERRIDES.items()}
+    overrides = {field: getattr(args, field) for field in MODEL_OVERRIDES}
     return get_preset(args.model_preset).with_overrides(**overrides)
 
 

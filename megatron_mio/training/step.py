@@ -41,7 +41,7 @@ def model_inputs(batch: dict, attention_backend: str) -> dict:
 
 def forward_step(data_iterator, model, attention_backend: str = "local", device=None):
     """megatron-core ``forward_step_func``: returns the stage output and the loss closure."""
-    batch = next(data_iterator) if data_iterator is not None else None
+    batch = next(data_iterator)  # every pipeline stage reads the batch: all need cu_seqlens
     # The chunk's virtual stage sits on the GPTModel inside the DDP / Float16Module wrappers.
     vp_stage = get_attr_wrapped_model(model, "vp_stage")
     first = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
