@@ -5,6 +5,9 @@ are the global ShardedTensor keys, plus ``metadata.json``.  Because those global
 depend on TP/PP, one process can write a checkpoint that any layout loads.  We hand DCP's own
 ``FileSystemWriter`` a plan of chunks (one per layer and tensor) and produce each chunk only when
 the writer asks for it (``resolve_data``), so memory holds one chunk at a time, never the model.
+One file per chunk: with ``single_file_per_rank`` DCP keeps every tensor it wrote to a file
+referenced until that file is closed (torch 2.13 collects them for its safetensors format), so a
+single file would hold the whole model in memory by the end.
 DCP's global-plan validation checks that the chunks of every tensor tile it exactly.
 
 Reading: DCP's loader with a planner that requests one layer's slice of each global tensor into
@@ -130,7 +133,8 @@ def write_checkpoint(directory: Path, chunks: list[Chunk], objects: dict[str, ob
     """Write a torch_dist checkpoint directory that megatron-core's ``load`` reads."""
     directory.mkdir(parents=True, exist_ok=True)
     objects = {**objects, COMMON_STATE_KEY: common}
-    writer = dcp.FileSystemWriter(directory, single_file_per_rank=True, thread_count=1)
+    # One file per chunk, not per rank: see the module docstring.
+    writer = dcp.FileSystemWriter(directory, single_file_per_rank=False, thread_count=1)
     dcp.save({}, storage_writer=writer, planner=_ChunkPlanner(chunks, objects, on_chunk), no_dist=True)
     save_config(CheckpointingConfig(sharded_backend="torch_dist"), str(directory))
 
