@@ -1,15 +1,15 @@
 """Streaming access to Hugging Face safetensors checkpoints, and safe output directories.
 
-``HFCheckpointReader`` opens every shard lazily and returns one tensor at a time.
-``HFCheckpointWriter`` buffers tensors only up to ``max_shard_bytes`` before writing a shard, then
-writes ``model.safetensors.index.json``; the largest thing ever held is one shard (or one tensor
-larger than a shard).  ``staged_output`` makes every tool's output appear complete or not at all.
+``HFCheckpointReader`` returns one tensor (or a block of its rows) at a time.
+``HFCheckpointWriter`` writes each tensor's bytes into its shard file as they come (shards of at
+most ``max_shard_bytes``), then ``model.safetensors.index.json``; it holds no tensor data itself.  ``staged_output`` makes every tool's output appear complete or not at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+_SAFETENSORS_NAMES = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -49,29 +49,44 @@ class HFCheckpointReader:
     def names(self) -> list[str]:
         return list(self.weight_map)
 
-    def _file(self, name: str):
+    def _shard_name(self, name: str) -> str:
         if name not in self.weight_map:
             raise KeyError(f"{self.dir}: tensor {name!r} is missing from the checkpoint")
-        file = self.weight_map[name]
+        return self.weight_map[name]
+
+    def _file(self, name: str):
+        file = self._shard_name(name)
         if file not in self._files:
             self._files[file] = safe_open(self.dir / file, framework="pt")
         return self._files[file]
 
     def get(self, name: str) -> torch.Tensor:
-        """One tensor, read with plain file reads into fresh memory.
+        return self.get_rows(name, 0, None)
+
+    def get_rows(self, name: str, start: int, stop: int | None) -> torch.Tensor:
+        """Rows ``[start, stop)`` of one tensor (all of it: 0, None), read with plain file reads
+        into fresh memory.
 
         (``safe_open.get_tensor`` maps the file: every tensor read would stay resident as mapped
         file pages for the life of the reader, and memory would grow with the model after all.)
         """
-        header, data_start = self._header(self.weight_map[name])
+        file = self._shard_name(name)
+        header, data_start = self._header(file)
         entry = header[name]
         begin, end = entry["data_offsets"]
-        tensor = torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
-        with open(self.dir / self.weight_map[name], "rb") as f:
-            f.seek(data_start + begin)
-            f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy()) if tensor.numel() else bytearray())
-        if end - begin != tensor.numel() * tensor.element_size():
-            raise ValueError(f"{self.dir / self.weight_map[name]}: tensor {name!r} has a corrupt header entry")
+        shape, dtype = entry["shape"], _SAFETENSORS_DTYPES[entry["dtype"]]
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"{self.dir / file}: tensor {name!r} has a corrupt header entry")
+        rows = shape[0] if shape else 1
+        stop = rows if stop is None else stop
+        if not 0 <= start <= stop <= rows:
+            raise IndexError(f"{self.dir}: rows [{start}, {stop}) of {name!r}, which has {rows}")
+        row_bytes = (end - begin) // rows if rows else 0
+        tensor = torch.empty([stop - start, *shape[1:]] if shape else [], dtype=dtype)
+        with open(self.dir / file, "rb") as f:
+            f.seek(data_start + begin + start * row_bytes)
+            if tensor.numel():
+                f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
         return tensor
 
     def _header(self, file: str) -> tuple[dict, int]:
@@ -88,42 +103,98 @@ class HFCheckpointReader:
 
 
 class HFCheckpointWriter:
-    """Writes tensors into ``model-0000i-of-0000n.safetensors`` shards as they come."""
+    """Writes ``model-0000i-of-0000n.safetensors`` shards and their index, streaming.
 
-    def __init__(self, out_dir: str | Path, max_shard_bytes: int):
+    The tensors (names, shapes, dtypes, in writing order) are known up front, so every shard's
+    header is written before its data and each tensor's bytes go straight to the file as they
+    come, in as many row blocks as the caller likes: nothing is buffered here (safetensors'
+    ``save_file`` would hold the whole shard, and then a serialised copy of it).
+    """
+
+    def __init__(self, out_dir: str | Path, tensors: list[tuple[str, tuple[int, ...], torch.dtype]],
+                 max_shard_bytes: int):
         self.dir = Path(out_dir)
-        self.max_shard_bytes = max_shard_bytes
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
-        self._shards: list[list[str]] = []
-        self._total_bytes = 0
+        self._specs = {name: (tuple(shape), dtype) for name, shape, dtype in tensors}
+        if len(self._specs) != len(tensors):
+            raise ValueError("a tensor name is listed twice")
+        self._shards = _plan_shards(tensors, max_shard_bytes)
+        self._order = [name for names in self._shards for name in names]
+        self._shard_of = {name: i for i, names in enumerate(self._shards) for name in names}
+        self._next = 0  # index in _order of the tensor being written
+        self._written = 0  # bytes of it written so far
+        self._file = None
+        self._total_bytes = sum(_nbytes(*spec) for spec in self._specs.values())
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self._pending and self._pending_bytes + size > self.max_shard_bytes:
-            self._flush()
-        self._pending[name] = tensor.contiguous()
-        self._pending_bytes += size
-        self._total_bytes += size
+        """Append ``tensor`` as the next rows of ``name`` (all of it, or a block of rows)."""
+        if self._next >= len(self._order) or name != self._order[self._next]:
+            expected = self._order[self._next] if self._next < len(self._order) else "nothing"
+            raise RuntimeError(f"writing {name!r} out of order: expected {expected}")
+        shape, dtype = self._specs[name]
+        size = _nbytes(shape, dtype)
+        if tensor.dtype != dtype or tuple(tensor.shape[1:]) != shape[1:]:
+            raise ValueError(f"{name}: got {tuple(tensor.shape)} {tensor.dtype}, planned {shape} {dtype}")
+        data = tensor.contiguous().reshape(-1).view(torch.uint8)
+        if self._written + data.numel() > size:
+            raise ValueError(f"{name}: more rows than its planned shape {shape}")
+        if self._file is None:
+            self._open(self._shard_of[name])
+        if data.numel():
+            self._file.write(memoryview(data.numpy()))
+        self._written += data.numel()
+        if self._written == size:
+            self._next, self._written = self._next + 1, 0
+            if self._next == len(self._order) or self._shard_of[self._order[self._next]] != self._shard_of[name]:
+                self._file.close()
+                self._file = None
 
-    def _flush(self) -> None:
-        number = len(self._shards) + 1
-        save_file(self._pending, self.dir / f"shard-{number:05d}.tmp", metadata={"format": "pt"})
-        self._shards.append(list(self._pending))
-        self._pending, self._pending_bytes = {}, 0
+    def _open(self, shard: int) -> None:
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name in self._shards[shard]:
+            shape, dtype = self._specs[name]
+            size = _nbytes(shape, dtype)
+            header[name] = {"dtype": _SAFETENSORS_NAMES[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # the format's padding: data starts 8-byte aligned
+        self._file = open(self._tmp_name(shard), "wb")
+        self._file.write(len(encoded).to_bytes(8, "little") + encoded)
+
+    def _tmp_name(self, shard: int) -> Path:
+        return self.dir / f"shard-{shard + 1:05d}.tmp"
 
     def finish(self) -> None:
-        """Write the last shard, give shards their final names and write the index."""
-        if self._pending:
-            self._flush()
+        """Give the complete shards their final names and write the index."""
+        if self._next != len(self._order):
+            raise RuntimeError(f"{self._order[self._next]} and {len(self._order) - self._next - 1} more were never written")
         total = len(self._shards)
         weight_map = {}
-        for number, names in enumerate(self._shards, start=1):
-            final = f"model-{number:05d}-of-{total:05d}.safetensors"
-            os.replace(self.dir / f"shard-{number:05d}.tmp", self.dir / final)
+        for shard, names in enumerate(self._shards):
+            final = f"model-{shard + 1:05d}-of-{total:05d}.safetensors"
+            os.replace(self._tmp_name(shard), self.dir / final)
             weight_map.update({name: final for name in names})
         index = {"metadata": {"total_size": self._total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
         (self.dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def _plan_shards(tensors: list[tuple[str, tuple[int, ...], torch.dtype]], max_shard_bytes: int) -> list[list[str]]:
+    """Consecutive tensors, a new shard whenever the next would pass the limit (a tensor larger
+    than the limit gets a shard of its own)."""
+    shards: list[list[str]] = []
+    filled = 0
+    for name, shape, dtype in tensors:
+        size = _nbytes(shape, dtype)
+        if not shards or (shards[-1] and filled + size > max_shard_bytes):
+            shards.append([])
+            filled = 0
+        shards[-1].append(name)
+        filled += size
+    return shards
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ so the global tensors do not depend on TP or PP: a reader at any layout takes it
 - QKV: one matrix per layer, rows grouped per query group:
   ``[q heads of group 0 | k of group 0 | v of group 0 | q heads of group 1 | ...]``.
   Tensor parallelism splits these rows, so each rank owns whole groups.
-- Gated MLP: ``linear_fc1 = [gate; up]`` on the row axis (megatron-core's swiglu sharded factory
+- Gated MLP: ``linear_fc1 = [gate; up]`` on the row axis (rows ``[0, F)`` and ``[F, 2F)``) (megatron-core's swiglu sharded factory
   stores the TP-independent global tensor this way).
 - The input / pre-MLP RMSNorms live under the fused-layernorm names
   (``linear_qkv.layer_norm_weight``, ``linear_fc1.layer_norm_weight``), the names both the local
@@ -65,6 +65,21 @@ def hf_layer_names(layer: int) -> dict[str, str]:
     }
 
 
+def hf_tensor_specs(preset: ModelPreset, vocab: int, dtype: torch.dtype) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """Every HF tensor (name, shape, dtype), in the order the export writes them."""
+    h, f = preset.hidden_size, preset.ffn_hidden_size
+    shape = AttentionShape.of(preset)
+    per_role = {
+        "input_norm": (h,), "q": (shape.heads * shape.head_dim, h), "k": (shape.groups * shape.head_dim, h),
+        "v": (shape.groups * shape.head_dim, h), "o": (h, h), "mlp_norm": (h,), "gate": (f, h),
+        "up": (f, h), "down": (h, f),
+    }
+    specs = [(HF_EMBEDDING, (vocab, h), dtype)]
+    for layer in range(preset.num_layers):
+        specs += [(name, per_role[role], dtype) for role, name in hf_layer_names(layer).items()]
+    return specs + [(HF_FINAL_NORM, (h,), dtype), (HF_OUTPUT_LAYER, (vocab, h), dtype)]
+
+
 @dataclass(frozen=True)
 class AttentionShape:
     heads: int
@@ -108,12 +123,3 @@ def unpack_qkv(qkv: torch.Tensor, shape: AttentionShape) -> tuple[torch.Tensor, 
         k.reshape(shape.groups * shape.head_dim, hidden).contiguous(),
         v.reshape(shape.groups * shape.head_dim, hidden).contiguous(),
     )
-
-
-def pack_fc1(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return torch.cat([gate, up], dim=0)
-
-
-def unpack_fc1(fc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    gate, up = torch.chunk(fc1, 2, dim=0)
-    return gate.contiguous(), up.contiguous()

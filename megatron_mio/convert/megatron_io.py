@@ -210,12 +210,39 @@ class CheckpointReader:
         for key, layer in requests.items():
             shape = self.global_shape(key)
             if layer is None:
-                slices[key] = ((0,) * len(shape), torch.empty(shape, dtype=self.dtype(key)))
+                slices[key] = ((0,) * len(shape), shape)
             else:
                 if not 0 <= layer < shape[0]:
                     raise IndexError(f"{self.dir}: {key} has {shape[0]} layers, asked for layer {layer}")
-                offset = (layer,) + (0,) * (len(shape) - 1)
-                slices[key] = (offset, torch.empty((1, *shape[1:]), dtype=self.dtype(key)))
+                slices[key] = ((layer,) + (0,) * (len(shape) - 1), (1, *shape[1:]))
+        read = self.read_slices(slices)
+        return {key: read[key] if requests[key] is None else read[key][0] for key in requests}
+
+    def read_slices(self, slices: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> dict[str, torch.Tensor]:
+        """``{key: (offset, shape)}`` -> ``{key: that rectangle of the global tensor}``."""
+        buffers = {key: (tuple(offset), torch.empty(shape, dtype=self.dtype(key)))
+                   for key, (offset, shape) in slices.items()}
         dcp.load({}, storage_reader=dcp.FileSystemReader(str(self.dir)),
-                 planner=_SliceLoadPlanner(slices), no_dist=True)
-        return {key: buffer if requests[key] is None else buffer[0] for key, (_, buffer) in slices.items()}
+                 planner=_SliceLoadPlanner(buffers), no_dist=True)
+        return {key: buffer for key, (_, buffer) in buffers.items()}
+
+    def read_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` of a global tensor."""
+        shape = self.global_shape(key)
+        if not 0 <= start <= stop <= shape[0]:
+            raise IndexError(f"{self.dir}: rows [{start}, {stop}) of {key}, which has {shape[0]}")
+        offset = (start,) + (0,) * (len(shape) - 1)
+        return self.read_slices({key: (offset, (stop - start, *shape[1:]))})[key]
+
+    def row_blocks(self, key: str, stop: int) -> list[tuple[int, int]]:
+        """Row ranges below ``stop`` that follow the stored chunks' row boundaries.
+
+        DCP loads a stored chunk whole before copying the requested part out of it, so reading
+        along the stored boundaries reads every stored chunk once and holds one at a time.
+        """
+        self.global_shape(key)
+        bounds = {0, stop}
+        for chunk in self._tensors[key].chunks:
+            bounds |= {b for b in (chunk.offsets[0], chunk.offsets[0] + chunk.sizes[0]) if b < stop}
+        ordered = sorted(bounds)
+        return list(zip(ordered[:-1], ordered[1:]))

@@ -1,8 +1,9 @@
 """megatron-core torch_dist checkpoint (any TP/PP/virtual PP) -> Hugging Face LlamaForCausalLM.
 
-Reads one layer at a time (``CheckpointReader``), writes safetensors shards as they fill
-(``HFCheckpointWriter``), strips the TP padding rows, and writes the config in the installed
-transformers version's conventions, a generation config and the tokenizer.
+Reads one tensor at a time (of a vocabulary matrix: one stored chunk's rows; ``CheckpointReader``)
+and streams it into the safetensors shards (``HFCheckpointWriter``), strips the TP padding rows,
+and writes the config in the installed transformers version's conventions, a generation config
+and the tokenizer.
 """
 
 from __future__ import annotations
@@ -60,11 +61,6 @@ def copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
             shutil.copy2(path, out / path.name)
 
 
-def vocabulary_rows_only(tensor: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Drop TP padding rows (a view: the first rows of a contiguous tensor stay contiguous)."""
-    return tensor[:vocab]
-
-
 def convert_to_hf(load: str, output: str, *, tokenizer_dir: str | None = None, iteration: int | None = None,
                   force: bool = False, max_shard_bytes: int = 2**30, preset_name: str | None = None,
                   vocab_size: int | None = None, dtype: torch.dtype | None = None, progress: bool = True) -> dict:
@@ -92,22 +88,17 @@ def convert_to_hf(load: str, output: str, *, tokenizer_dir: str | None = None, i
     check_shapes(reader, preset, vocab)
     out_dtype = dtype or reader.dtype(L.EMBEDDING)
     cast = lambda t: t.to(out_dtype)  # noqa: E731  (no copy when the dtype already matches)
-    shape = L.AttentionShape.of(preset)
     with staged_output(output, force) as stage:
-        writer = HFCheckpointWriter(stage, max_shard_bytes)
+        writer = HFCheckpointWriter(stage, L.hf_tensor_specs(preset, vocab, out_dtype), max_shard_bytes)
         steps = preset.num_layers + 2
         with tqdm(total=steps, desc="Megatron -> HF", unit="step", disable=not progress) as bar:
-            embedding = reader.read({L.EMBEDDING: None})[L.EMBEDDING]
-            writer.add(L.HF_EMBEDDING, cast(vocabulary_rows_only(embedding, vocab)))
-            del embedding
+            write_vocabulary(reader, writer, L.EMBEDDING, L.HF_EMBEDDING, vocab, cast)
             bar.update()
             for layer in range(preset.num_layers):
-                write_layer(reader, writer, layer, shape, cast)
+                write_layer(reader, writer, layer, preset, cast)
                 bar.update()
-            last = reader.read({L.FINAL_NORM: None, L.OUTPUT_LAYER: None})
-            writer.add(L.HF_FINAL_NORM, cast(last[L.FINAL_NORM]))
-            writer.add(L.HF_OUTPUT_LAYER, cast(vocabulary_rows_only(last[L.OUTPUT_LAYER], vocab)))
-            del last
+            writer.add(L.HF_FINAL_NORM, cast(reader.read({L.FINAL_NORM: None})[L.FINAL_NORM]))
+            write_vocabulary(reader, writer, L.OUTPUT_LAYER, L.HF_OUTPUT_LAYER, vocab, cast)
             writer.finish()
             bar.update()
         special_ids = {k: description.get(k) for k in SPECIAL_ID_FIELDS}
@@ -121,15 +112,33 @@ def convert_to_hf(load: str, output: str, *, tokenizer_dir: str | None = None, i
     return description
 
 
-def write_layer(reader: CheckpointReader, writer: HFCheckpointWriter, layer: int, shape: L.AttentionShape, cast) -> None:
-    t = reader.read({key: layer for key in L.LAYER_KEYS})
+def write_vocabulary(reader: CheckpointReader, writer: HFCheckpointWriter, key: str, hf_name: str, vocab: int,
+                     cast) -> None:
+    """The first ``vocab`` rows (TP padding dropped), one stored chunk's rows at a time."""
+    for start, stop in reader.row_blocks(key, vocab):
+        writer.add(hf_name, cast(reader.read_rows(key, start, stop)))
+
+
+def write_layer(reader: CheckpointReader, writer: HFCheckpointWriter, layer: int, preset: ModelPreset,
+                cast) -> None:
+    """One decoder layer, one Megatron tensor (gate and up: one half of fc1) in memory at a time."""
     names = L.hf_layer_names(layer)
-    q, k, v = L.unpack_qkv(t[L.LAYER_QKV], shape)
-    gate, up = L.unpack_fc1(t[L.LAYER_FC1])
-    for role, tensor in (("input_norm", t[L.LAYER_INPUT_NORM]), ("q", q), ("k", k), ("v", v),
-                         ("o", t[L.LAYER_PROJ]), ("mlp_norm", t[L.LAYER_MLP_NORM]),
-                         ("gate", gate), ("up", up), ("down", t[L.LAYER_FC2])):
+    f, h = preset.ffn_hidden_size, preset.hidden_size
+
+    def read(key: str) -> torch.Tensor:
+        return reader.read({key: layer})[key]
+
+    def fc1_rows(start: int) -> torch.Tensor:
+        return reader.read_slices({L.LAYER_FC1: ((layer, start, 0), (1, f, h))})[L.LAYER_FC1][0]
+
+    writer.add(names["input_norm"], cast(read(L.LAYER_INPUT_NORM)))
+    for role, tensor in zip("qkv", L.unpack_qkv(read(L.LAYER_QKV), L.AttentionShape.of(preset))):
         writer.add(names[role], cast(tensor))
+    writer.add(names["o"], cast(read(L.LAYER_PROJ)))
+    writer.add(names["mlp_norm"], cast(read(L.LAYER_MLP_NORM)))
+    writer.add(names["gate"], cast(fc1_rows(0)))
+    writer.add(names["up"], cast(fc1_rows(f)))
+    writer.add(names["down"], cast(read(L.LAYER_FC2)))
 
 
 def generation_config(special_ids: dict):
