@@ -59,6 +59,11 @@ def read_hf(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# Small row blocks for the vocabulary matrices (not a multiple of any vocabulary boundary), so
+# blocks straddle the base / extended / padded rows.
+VOCAB_BLOCK_BYTES = 20_000
+
+
 @pytest.fixture(scope="session")
 def base_vocab(sentencepiece_model_path) -> int:
     """The test model's vocabulary: the session's SentencePiece base model (tests/conftest.py)."""
@@ -76,8 +81,11 @@ def hf_model(tmp_path_factory, base_vocab) -> Path:
 
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_round_trip_is_bit_identical(hf_model, base_vocab, tmp_path, tp, pp):
-    convert_from_hf(str(hf_model), str(tmp_path / "mg"), tp=tp, pp=pp, progress=False)
+    # Vocabulary matrices in row blocks that align with nothing: streamed back in those pieces.
+    convert_from_hf(str(hf_model), str(tmp_path / "mg"), tp=tp, pp=pp, progress=False,
+                    vocab_block_bytes=VOCAB_BLOCK_BYTES)
     reader = CheckpointReader(resolve_checkpoint(tmp_path / "mg"))
+    assert len(reader.row_blocks(L.EMBEDDING, base_vocab)) > 2
     assert reader.global_shape(L.EMBEDDING)[0] == padded_vocab_size(base_vocab, 128, tp)
     convert_to_hf(str(tmp_path / "mg"), str(tmp_path / "hf"), max_shard_bytes=200_000, progress=False)
     original, exported = read_hf(hf_model), read_hf(tmp_path / "hf")
@@ -131,7 +139,7 @@ def test_compare_logits_fails_on_a_wrong_model(hf_model, base_vocab, tmp_path):
 @pytest.mark.parametrize("init", ["mean", "normal"])
 def test_vocabulary_extension(hf_model, base_vocab, tmp_path, mio_tokenizer_dir, mio_tokenizer, init):
     convert_from_hf(str(hf_model), str(tmp_path / "mg"), tp=2, tokenizer_dir=mio_tokenizer_dir,
-                    new_token_init=init, progress=False)
+                    new_token_init=init, progress=False, vocab_block_bytes=VOCAB_BLOCK_BYTES)
     vocab = len(mio_tokenizer)
     assert vocab >= base_vocab + 12_292
     reader = CheckpointReader(resolve_checkpoint(tmp_path / "mg"))
@@ -198,3 +206,29 @@ def test_export_rejects_a_tokenizer_of_another_size(hf_model, tmp_path, mio_toke
     with pytest.raises(ValueError, match="wrong tokenizer"):
         convert_to_hf(str(tmp_path / "mg"), str(tmp_path / "hf"), tokenizer_dir=mio_tokenizer_dir, progress=False)
     assert not (tmp_path / "hf").exists()
+
+
+def test_streaming_shard_writer(tmp_path):
+    """Tensors written in row blocks land in safetensors shards that safetensors reads back
+    exactly; out-of-order or missing tensors are refused."""
+    from megatron_mio.convert.hf_io import INDEX_NAME, HFCheckpointWriter
+
+    tensors = {"a": torch.randn(5, 3), "b": torch.arange(7, dtype=torch.bfloat16), "c": torch.randn(4, 2).half()}
+    specs = [(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
+    writer = HFCheckpointWriter(tmp_path, specs, max_shard_bytes=70)  # a: 60 B, b: 14 B, c: 16 B
+    with pytest.raises(RuntimeError, match="out of order"):
+        writer.add("b", tensors["b"])
+    writer.add("a", tensors["a"][:2])
+    writer.add("a", tensors["a"][2:])
+    writer.add("b", tensors["b"])
+    with pytest.raises(RuntimeError, match="never written"):
+        writer.finish()
+    writer.add("c", tensors["c"])
+    writer.finish()
+    weight_map = json.loads((tmp_path / INDEX_NAME).read_text())["weight_map"]
+    assert len(set(weight_map.values())) == 2
+    read = {}
+    for shard in set(weight_map.values()):
+        read.update(load_file(tmp_path / shard))
+    assert read.keys() == tensors.keys()
+    assert all(torch.equal(read[name], t) for name, t in tensors.items())

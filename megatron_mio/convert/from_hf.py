@@ -7,6 +7,7 @@ the requested TP/PP (and any other layout with the same padded vocabulary) with
 
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,11 @@ from megatron_mio.convert.hf_io import HFCheckpointReader, staged_output
 from megatron_mio.convert.megatron_io import (
     Chunk, iteration_dir, layer_chunk, layer_objects, whole_chunk, write_checkpoint, write_tracker,
 )
-from megatron_mio.convert.vocab import check_added_token_ids, vocabulary_rows
+from megatron_mio.convert.vocab import RowStatistics, check_added_token_ids, check_init, vocabulary_block
 from megatron_mio.model.presets import ModelPreset, padded_vocab_size
 
 TOKENIZER_SUBDIR = "tokenizer"  # the tokenizer travels with the checkpoint for the export
+VOCAB_BLOCK_BYTES = 2**26  # vocabulary matrices are written in row blocks of at most 64 MiB
 
 
 @dataclass(frozen=True)
@@ -114,30 +116,53 @@ def layer_chunks(reader: HFCheckpointReader, plan: ImportPlan) -> list[Chunk]:
     return chunks
 
 
-def model_chunks(reader: HFCheckpointReader, plan: ImportPlan, init: str, seed: int) -> list[Chunk]:
+def vocabulary_chunks(reader: HFCheckpointReader, plan: ImportPlan, key: str, hf_name: str, init: str,
+                      seed: int, block_bytes: int) -> list[Chunk]:
+    """The extended, padded ``[padded_vocab, h]`` matrix as row blocks of at most ``block_bytes``.
+
+    The vocabulary matrices are the model's largest tensors; in blocks, neither this writer nor a
+    reader of the checkpoint (DCP loads a stored chunk whole) ever holds one of them entirely.
+    """
+    h, base = plan.preset.hidden_size, plan.base_vocab
+    block = max(1, block_bytes // (h * plan.dtype.itemsize))
+    statistics = functools.cache(lambda: RowStatistics.of_blocks(
+        reader.get_rows(hf_name, start, min(start + block, base)) for start in range(0, base, block)
+    ))
+
+    def produce(start: int, stop: int) -> torch.Tensor:
+        old = reader.get_rows(hf_name, min(start, base), min(stop, base))
+        return vocabulary_block(old, start, stop, plan.vocab, init, statistics, seed)
+
+    chunks = []
+    for start in range(0, plan.padded_vocab, block):
+        stop = min(start + block, plan.padded_vocab)
+        chunks.append(Chunk(key, (plan.padded_vocab, h), (start, 0), (stop - start, h), plan.dtype,
+                            lambda start=start, stop=stop: produce(start, stop)))
+    return chunks
+
+
+def model_chunks(reader: HFCheckpointReader, plan: ImportPlan, init: str, seed: int,
+                 vocab_block_bytes: int = VOCAB_BLOCK_BYTES) -> list[Chunk]:
+    check_init(init)
     h = plan.preset.hidden_size
-    rows = (plan.padded_vocab, h)
     output_name = L.HF_EMBEDDING if plan.tied else L.HF_OUTPUT_LAYER
-
-    def extended(name: str, offset: int):
-        return lambda: vocabulary_rows(reader.get(name), plan.vocab, plan.padded_vocab, init, seed + offset)
-
     return [
-        whole_chunk(L.EMBEDDING, rows, plan.dtype, extended(L.HF_EMBEDDING, 0)),
+        *vocabulary_chunks(reader, plan, L.EMBEDDING, L.HF_EMBEDDING, init, seed, vocab_block_bytes),
         *layer_chunks(reader, plan),
         whole_chunk(L.FINAL_NORM, (h,), plan.dtype, lambda: reader.get(L.HF_FINAL_NORM)),
-        whole_chunk(L.OUTPUT_LAYER, rows, plan.dtype, extended(output_name, 1)),
+        *vocabulary_chunks(reader, plan, L.OUTPUT_LAYER, output_name, init, seed + 1, vocab_block_bytes),
     ]
 
 
 def convert_from_hf(hf_dir: str, output: str, *, tp: int = 1, pp: int = 1, tokenizer_dir: str | None = None,
                     new_token_init: str = "mean", seed: int = 0, force: bool = False,
-                    divisible_by: int = 128, progress: bool = True) -> ImportPlan:
+                    divisible_by: int = 128, progress: bool = True,
+                    vocab_block_bytes: int = VOCAB_BLOCK_BYTES) -> ImportPlan:
     """Write ``output/iter_0000000`` + tracker from a HF Llama directory; returns the plan used."""
     plan, config, reader = plan_import(hf_dir, tp, pp, tokenizer_dir, divisible_by)
     if plan.tied:
         print(f"{hf_dir}: tied input/output embeddings become two untied copies (MIO unties them)")
-    chunks = model_chunks(reader, plan, new_token_init, seed)
+    chunks = model_chunks(reader, plan, new_token_init, seed, vocab_block_bytes)
     special_ids = {k: config.get(k) for k in SPECIAL_ID_FIELDS}
     if tokenizer_dir:
         from megatron_mio.tokenizer import MIOTokenizer
