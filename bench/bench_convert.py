@@ -37,19 +37,21 @@ def build_hf(directory: Path, layers: int) -> None:
     config.save_pretrained(directory)
     rand = lambda *shape: torch.randn(*shape, dtype=torch.bfloat16)  # noqa: E731
     weight_map = {}
-    shards = [{"model.embed_tokens.weight": rand(YI["vocab"], h)}]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shards.append({p + "input_layernorm.weight": rand(h), p + "post_attention_layernorm.weight": rand(h),
-                       p + "self_attn.q_proj.weight": rand(h, h), p + "self_attn.k_proj.weight": rand(4 * d, h),
-                       p + "self_attn.v_proj.weight": rand(4 * d, h), p + "self_attn.o_proj.weight": rand(h, h),
-                       p + "mlp.gate_proj.weight": rand(f, h), p + "mlp.up_proj.weight": rand(f, h),
-                       p + "mlp.down_proj.weight": rand(h, f)})
-    shards.append({"model.norm.weight": rand(h), "lm_head.weight": rand(YI["vocab"], h)})
-    for n, shard in enumerate(shards):
-        name = f"model-{n:05d}.safetensors"
+
+    def save(number: int, shard: dict) -> None:  # one shard at a time: the parent stays small
+        name = f"model-{number:05d}.safetensors"
         save_file(shard, directory / name, metadata={"format": "pt"})
         weight_map.update({k: name for k in shard})
+
+    save(0, {"model.embed_tokens.weight": rand(YI["vocab"], h)})
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        save(i + 1, {p + "input_layernorm.weight": rand(h), p + "post_attention_layernorm.weight": rand(h),
+                     p + "self_attn.q_proj.weight": rand(h, h), p + "self_attn.k_proj.weight": rand(4 * d, h),
+                     p + "self_attn.v_proj.weight": rand(4 * d, h), p + "self_attn.o_proj.weight": rand(h, h),
+                     p + "mlp.gate_proj.weight": rand(f, h), p + "mlp.up_proj.weight": rand(f, h),
+                     p + "mlp.down_proj.weight": rand(h, f)})
+    save(layers + 1, {"model.norm.weight": rand(h), "lm_head.weight": rand(YI["vocab"], h)})
     (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
 
