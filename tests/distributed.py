@@ -18,6 +18,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Set by torchrun (or by a test that joined a process group in-process): a child must get its own.
+RENDEZVOUS_VARIABLES = {
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+    "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -26,7 +33,7 @@ def free_port() -> int:
 
 def cpu_env(extra: dict | None = None) -> dict:
     """The environment of a CPU run: one thread per process, the CPU platform switched on."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARIABLES}
     env.update(
         MIO_USE_CPU="1",
         OMP_NUM_THREADS="1",

@@ -49,16 +49,16 @@ def setup(use_cpu: bool = False) -> Platform:
 def init_distributed(platform: Platform, timeout_minutes: int = 30) -> None:
     """Join the process group torchrun (or srun + torchrun) described in the environment.
 
-    A plain ``python`` run without torchrun becomes a world of one on a free local port.
+    A plain ``python`` run without torchrun becomes a world of one on a free local port; the
+    process environment is left untouched, so child processes never inherit a stale rendezvous.
     """
     if torch.distributed.is_initialized():
         return
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     kwargs = {}
     if not platform.use_cpu:
         kwargs["device_id"] = platform.device
+    if "RANK" not in os.environ:
+        kwargs.update(init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     torch.distributed.init_process_group(
         backend=platform.backend, timeout=timedelta(minutes=timeout_minutes), **kwargs
     )
