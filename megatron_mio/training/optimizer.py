@@ -2,7 +2,9 @@
 
 Two silent resume bugs of megatron-core 0.19.2 are fixed here.  Both live in the path where
 neither transformer-engine nor apex is installed, so the distributed optimizer wraps
-``torch.optim.AdamW`` (always the case on CPU):
+``torch.optim.AdamW`` (always the case on CPU).  The fixes apply to torch's Adam/AdamW only:
+transformer-engine's and apex's FusedAdam keep ``step`` in the param groups, and TE's
+``state_dict`` raises ``KeyError: 'step'`` on a state entry it does not know.
 
 1. ``DistributedOptimizer.load_state_dict`` gives every parameter's state *the same* ``step``
    tensor; ``torch.optim.AdamW`` then increments it once per parameter, so after one step the
@@ -53,9 +55,8 @@ def optimizer_config(args) -> OptimizerConfig:
 
 def build_optimizer(args, model_chunks) -> MegatronOptimizer:
     optimizer = get_megatron_optimizer(optimizer_config(args), model_chunks)
-    for inner in leaf_optimizers(optimizer):
-        if isinstance(inner, DistributedOptimizer) and isinstance(inner.optimizer, torch.optim.Optimizer):
-            _fix_torch_adam_step_state(inner)
+    for inner in _distributed_torch_adams(optimizer):
+        _fix_torch_adam_step_state(inner)
     return optimizer
 
 
@@ -82,6 +83,14 @@ def leaf_optimizers(optimizer: MegatronOptimizer) -> list[MegatronOptimizer]:
     if isinstance(optimizer, ChainedOptimizer):
         return list(optimizer.chained_optimizers)
     return [optimizer]
+
+
+def _distributed_torch_adams(optimizer: MegatronOptimizer) -> list[DistributedOptimizer]:
+    """The DistributedOptimizers that wrap torch's own Adam/AdamW (the ones with the bugs)."""
+    return [
+        inner for inner in leaf_optimizers(optimizer)
+        if isinstance(inner, DistributedOptimizer) and isinstance(inner.optimizer, torch.optim.Adam)
+    ]
 
 
 def _fix_torch_adam_step_state(dist_opt: DistributedOptimizer) -> None:
@@ -135,11 +144,10 @@ def initialize_empty_state(optimizer: MegatronOptimizer) -> None:
 
     ``DistributedOptimizer.state_dict()`` (called while building the load request) reads every
     parameter's ``step`` and fails on an optimizer that has not stepped yet; zeros are the state
-    of a step-0 AdamW, and the load then overwrites them.
+    of a step-0 AdamW, and the load then overwrites them.  Fused Adams (TE, apex) keep ``step``
+    in their param groups and need nothing here.
     """
-    for inner in leaf_optimizers(optimizer):
-        if not isinstance(inner, DistributedOptimizer) or not isinstance(inner.optimizer, torch.optim.Optimizer):
-            continue
+    for inner in _distributed_torch_adams(optimizer):
         for group in inner.optimizer.param_groups:
             for param in group["params"]:
                 state = inner.optimizer.state[param]

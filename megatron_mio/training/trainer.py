@@ -24,8 +24,9 @@ from megatron.core.transformer.module import Float16Module
 
 from megatron_mio import platform as mio_platform
 from megatron_mio.model import build_gpt_model, build_transformer_config
+from megatron_mio.model.fusions import plan_fusions
 from megatron_mio.training import data as mio_data
-from megatron_mio.training.arguments import model_preset, parse_args
+from megatron_mio.training.arguments import model_preset, parse_args, refused_fusions
 from megatron_mio.training.checkpointing import Checkpointer, padded_vocab_for_load, saved_layout
 from megatron_mio.training.metrics import CountingIterator, IntervalStats, MetricsLogger
 from megatron_mio.training.optimizer import build_optimizer, build_scheduler, optimizer_step
@@ -84,7 +85,7 @@ def build_model(args, preset, plat) -> list[DistributedDataParallel]:
         recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method,
         recompute_num_layers=args.recompute_num_layers,
-        fused_kernels=not plat.use_cpu,
+        fusions=plan_fusions(args.attention_backend, plat.device.type, refused_fusions(args)),
         deterministic_init=args.use_cpu_initialization,
     )
     if args.fp16:
