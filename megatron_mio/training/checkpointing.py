@@ -267,6 +267,15 @@ class Checkpointer:
             self.async_queue.maybe_finalize_async_calls(blocking=blocking)
 
     def close(self) -> None:
+        """Release the helper processes; safe on every exit path, also before any save.
+
+        The warm-up thread may still be starting the spawned manager process; a process that
+        exits while it does leaves the manager waiting for a handshake and the interpreter
+        joining it forever, so the start is awaited (then the manager's own exit hook stops it).
+        """
+        if self._warmup is not None:
+            self._warmup.join()
+            self._warmup = None
         if self.async_queue is not None:
             self.async_queue.maybe_finalize_async_calls(blocking=True)
             self.async_queue.close()

@@ -202,6 +202,13 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     scheduler = build_scheduler(args, optimizer)
     _wire_schedule_hooks(args, model, optimizer)
     checkpointer = Checkpointer(args)
+    try:
+        return _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer, forward_step_func)
+    finally:
+        checkpointer.close()
+
+
+def _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer, forward_step_func) -> dict:
     iteration, consumed = (checkpointer.load(model, optimizer, scheduler) if args.load else (0, 0))
     if args.finetune:  # weights from the checkpoint, everything else fresh
         iteration, consumed = 0, 0
@@ -296,7 +303,6 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
                 break
         save()
     finally:
-        checkpointer.close()
         exit_signal.restore()
         logger.close()
     if torch.distributed.get_rank() == 0:
