@@ -9,9 +9,11 @@ transformer-engine's and apex's FusedAdam keep ``step`` in the param groups, and
 1. ``DistributedOptimizer.load_state_dict`` gives every parameter's state *the same* ``step``
    tensor; ``torch.optim.AdamW`` then increments it once per parameter, so after one step the
    bias correction uses step ``3 + n_params`` instead of 4.  Wrong loss after resume, no error.
-2. ``DistributedOptimizer._set_main_param_and_optimizer_states`` (the fully-reshardable load)
-   copies every tensor of the optimizer state, including ``step``, from a dict that has no
-   ``step`` key, and fails.
+2. ``DistributedOptimizer._set_main_param_and_optimizer_states`` copies every tensor of the
+   optimizer state, including ``step``: the fully-reshardable load has no ``step`` key and
+   fails; the dp-reshardable load reads ``step`` back as 0, so AdamW's bias correction restarts
+   after a resume (wrong updates, no error).  It also runs with autograd on, which fails for
+   fp32 models, whose main parameters are views of the model's leaves.
 
 ``tests/test_checkpoint.py`` resumes 3+3 iterations against 6 straight and compares losses
 exactly; it fails with either fix removed.
@@ -108,13 +110,17 @@ def _fix_torch_adam_step_state(dist_opt: DistributedOptimizer) -> None:
 
     def set_main_param_and_optimizer_states(self, model_param, tensors):
         # Bug 2: ``step`` is not a per-element tensor of the checkpoint; it is restored from the
-        # param groups by load_state_dict.  Hand the current step through unchanged.
+        # param groups by load_state_dict.  Hand the current step through unchanged (a
+        # fully_reshardable state has no ``step``; a dp_reshardable one reads it back as 0).
         group_index, group_order = self.model_param_group_index_map[model_param]
         main_param = self.optimizer.param_groups[group_index]["params"][group_order]
         step = self.optimizer.state.get(main_param, {}).get("step")
-        if isinstance(step, torch.Tensor) and "step" not in tensors:
-            tensors = {**tensors, "step": step}
-        return original_set(model_param, tensors)
+        if isinstance(step, torch.Tensor):
+            tensors = {**tensors, "step": step.clone()}
+        # Bug 3: the dp_reshardable load calls this with autograd on; with fp32 parameters the
+        # main parameter is a view of the model's leaf and the in-place copy raises.
+        with torch.no_grad():
+            return original_set(model_param, tensors)
 
     dist_opt.load_state_dict = MethodType(load_state_dict, dist_opt)
     dist_opt._set_main_param_and_optimizer_states = MethodType(set_main_param_and_optimizer_states, dist_opt)
