@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from megatron_mio.tokenizer.vocab import MIO_VOCAB_SIZE_FOR_YI  # noqa: E402
+
 BF16_RTOL = 3e-2  # bf16 has 8 mantissa bits: ~4e-3 per rounding, a few roundings deep
 
 
@@ -46,7 +48,7 @@ def shapes(dry_run: bool) -> SimpleNamespace:
                                width_preset="tiny", vocab=1024, bench_steps=3, bench_warmup=1, bench_layers=2,
                                bench_preset="tiny", bench_seq=128, train_preset="tiny", train_seq=64)
     return SimpleNamespace(device="cuda", seq=2800, docs=10, heads=32, groups=4, head_dim=128, layers=2,
-                           width_preset="yi-6b", vocab=76292, bench_steps=12, bench_warmup=3, bench_layers=8,
+                           width_preset="yi-6b", vocab=MIO_VOCAB_SIZE_FOR_YI, bench_steps=12, bench_warmup=3, bench_layers=8,
                            bench_preset="yi-6b", bench_seq=2800, train_preset="small", train_seq=2800)
 
 
@@ -220,7 +222,8 @@ def section_throughput(s) -> list[tuple]:
     ours = bench_train.run_ours(args, preset)
     baseline = bench_train.run_transformers(args, preset)
     rows = []
-    for label, result in (("ours (megatron-core, packed, bf16)", ours), ("transformers LlamaForCausalLM, SDPA, padded", baseline)):
+    precision = "bf16" if s.device == "cuda" else "fp32"
+    for label, result in ((f"ours (megatron-core, packed, {precision})", ours), ("transformers LlamaForCausalLM, SDPA, padded", baseline)):
         tflops = result["flops_per_second"] / 1e12
         mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a (no peak for this device)"
         rows.append(("d", f"{label}: {preset.num_layers} layers x {preset.hidden_size}, seq {s.bench_seq}",
