@@ -15,8 +15,8 @@ import torch
 
 from megatron_mio.convert import convert_from_hf, convert_to_hf
 from megatron_mio.convert import layout as L
-from megatron_mio.convert.decoding import DECODING_PRESETS
-from megatron_mio.convert.generation import chat_prompt_ids, parse_output
+from megatron_mio.inference.presets import DECODING_PRESETS
+from megatron_mio.inference import chat_prompt_ids, parse_output
 from tests.distributed import REPO_ROOT, cpu_env, run_torchrun
 from tests.test_convert import base_vocab, read_hf, save_random_llama, tiny_llama_config  # noqa: F401
 
