@@ -168,6 +168,24 @@ def test_rows_in_different_states_and_reordered_beams(grammar, ids, mio_tokenize
     assert text_row[tok.vocab_size:].all()
 
 
+def test_processor_follows_rows_across_steps(grammar, ids, mio_tokenizer):
+    """Step by step, rows kept, reordered, repeated or replaced (as beam search does): the
+    processor's incremental states equal the states replayed from scratch."""
+    tok = mio_tokenizer
+    answers = [ids.speech(3) + ids.text, ids.image()[:14], ids.text + ids.image()[:9], ids.text * 2]
+    answers = [(a * 3)[:14] if len(a) < 14 else a[:14] for a in answers]
+    prompt = chat_prompt_ids(tok, "Hi.")
+    processor = MIOGrammarLogitsProcessor(grammar, len(prompt), 60)
+    banned = grammar.banned(tok.vocab_size, "cpu")
+    rng = np.random.default_rng(0)
+    for n in range(15):
+        picks = [0, 1, 2, 3] if n % 3 == 0 else rng.integers(0, 4, size=4).tolist()
+        rows = torch.tensor([prompt + answers[i][:n] for i in picks])
+        out = processor(rows, torch.zeros(4, tok.vocab_size))
+        expected = banned[grammar.states(rows[:, len(prompt):], 60)]
+        assert torch.equal(torch.isinf(out), expected), (n, picks)
+
+
 # ------------------------------------------------------------------------- with a real model
 @pytest.fixture(scope="module")
 def random_model_dir(tmp_path_factory, mio_tokenizer_dir, mio_tokenizer):

@@ -13,12 +13,15 @@ are banned, and an opening token only while the whole span still fits in ``max_n
 A speech span's content part stops in time to leave room for its three timbre parts.  With a
 requested output modality the answer opens with that span.
 
-The state of every row is recomputed from its generated ids at each step (a handful of
-vectorised operations over ``[rows, generated]``), so it follows beam search's reordering of
-rows without any bookkeeping and works for any batch of rows in different states.
+Each row's progress is a small tuple (``Progress``) advanced by one token per step; the
+processor finds every row's parent among the previous step's rows (the same row unless beam
+search reordered them), so any batch, beam search and sampling work alike, at a cost per step
+of a comparison of the rows and one masked fill.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from transformers import LogitsProcessor
@@ -30,10 +33,11 @@ VIDEO_MIN_FRAMES = 2
 VIDEO_MAX_FRAMES = 8
 IMAGE_SPAN_TOKENS = V.IMAGE_CODES_PER_IMAGE + 2  # <image>, 32 codes, </image>
 SPEECH_MIN_SPAN_TOKENS = V.SPEECH_CODEBOOKS + 2  # <spch>, one code per codebook, </spch>
+MASK_CACHE_SIZE = 64  # per processor: distinct combinations of row states kept as masks
 
-# What each generated token is (the kinds the state machine distinguishes).
-TEXT, IMAGE_OPEN, IMAGE_CLOSE, IMAGE_CODE, SPEECH_OPEN, SPEECH_CLOSE = range(6)
-SPEECH_CODE = 6  # + codebook: 6 content, 7..9 timbre 1..3
+# What each generated token is, as the grammar sees it.
+TEXT, IMAGE_OPEN, IMAGE_CLOSE, IMAGE_CODE, SPEECH_OPEN, SPEECH_CLOSE, CONTENT_CODE, TIMBRE_CODE = range(8)
+_FRAME_KINDS = (IMAGE_OPEN, IMAGE_CODE, IMAGE_CLOSE)
 
 # The grammar states, one allowed-token mask each.
 STATES = (
@@ -54,13 +58,61 @@ STATES = (
 S = {name: i for i, name in enumerate(STATES)}
 
 # What the requested output modality forces (``None``: the model chooses).
-OPENING_SPAN = {"text": None, "image": "image", "video": "image", "speech": "speech"}
+OPENING_SPAN = {"text": None, "image": IMAGE_OPEN, "video": IMAGE_OPEN, "speech": SPEECH_OPEN}
 
 
 def min_new_tokens(modality: str) -> int:
     """The smallest ``max_new_tokens`` in which the requested modality's answer fits."""
     return {"text": 0, "image": IMAGE_SPAN_TOKENS, "video": VIDEO_MIN_FRAMES * IMAGE_SPAN_TOKENS,
             "speech": SPEECH_MIN_SPAN_TOKENS}[modality]
+
+
+class Progress(NamedTuple):
+    """Where one answer is: the open span (``TEXT`` outside, else its opening kind), the span
+    tokens after the opener, the speech content codes among them, and the answer's leading run
+    of whole images (``in_run``: nothing else so far)."""
+
+    span: int = TEXT
+    since_open: int = 0
+    content: int = 0
+    frames: int = 0
+    in_run: bool = True
+
+    def advance(self, kind: int) -> "Progress":
+        in_run = self.in_run and kind in _FRAME_KINDS
+        if kind == IMAGE_OPEN or kind == SPEECH_OPEN:
+            return Progress(kind, 0, 0, self.frames, in_run)
+        if kind == IMAGE_CLOSE or kind == SPEECH_CLOSE:
+            return Progress(TEXT, 0, 0, self.frames + (kind == IMAGE_CLOSE), in_run)
+        if self.span == TEXT:
+            return self if in_run == self.in_run else self._replace(in_run=in_run)
+        return Progress(self.span, self.since_open + 1, self.content + (kind == CONTENT_CODE),
+                        self.frames, in_run)
+
+    def state(self, remaining: int, modality: str) -> int:
+        """The grammar state (an index into ``STATES``) with ``remaining`` tokens still allowed
+        (this one included)."""
+        if self.span == IMAGE_OPEN:
+            return S["image_code"] if self.since_open < V.IMAGE_CODES_PER_IMAGE else S["image_close"]
+        if self.span == SPEECH_OPEN:
+            content, timbre = self.content, self.since_open - self.content
+            if timbre == 0:  # one more content code needs itself, its 3 timbre codes, </spch>
+                if content == 0:
+                    return S["speech_content"]
+                more = remaining >= 1 + V.SPEECH_TIMBRE_CODEBOOKS * (content + 1) + 1
+                return S["speech_content_or_timbre1"] if more else S["speech_timbre1"]
+            if timbre < V.SPEECH_TIMBRE_CODEBOOKS * content:
+                return S["speech_timbre1"] + timbre // max(content, 1)
+            return S["speech_close"]
+        if self.in_run:
+            if self.frames == 0 and OPENING_SPAN[modality] is not None:
+                return S["open_image"] if OPENING_SPAN[modality] == IMAGE_OPEN else S["open_speech"]
+            if modality == "video" and self.frames < VIDEO_MIN_FRAMES:
+                return S["open_image"]
+        video_full = modality == "video" and self.in_run and self.frames >= VIDEO_MAX_FRAMES
+        if remaining >= IMAGE_SPAN_TOKENS and not video_full:
+            return S["text"]
+        return S["text_no_image"] if remaining >= SPEECH_MIN_SPAN_TOKENS else S["text_no_span"]
 
 
 class MIOGrammar:
@@ -73,13 +125,14 @@ class MIOGrammar:
         speech_codes = [torch.as_tensor(tokenizer.speech_code_ids(k), dtype=torch.long)
                         for k in range(V.SPEECH_CODEBOOKS)]
         kind[image_codes] = IMAGE_CODE
-        for k, ids in enumerate(speech_codes):
-            kind[ids] = SPEECH_CODE + k
+        kind[speech_codes[0]] = CONTENT_CODE
+        for ids in speech_codes[1:]:
+            kind[ids] = TIMBRE_CODE
         kind[tokenizer.image_start_id] = IMAGE_OPEN
         kind[tokenizer.image_end_id] = IMAGE_CLOSE
         kind[tokenizer.speech_start_id] = SPEECH_OPEN
         kind[tokenizer.speech_end_id] = SPEECH_CLOSE
-        self.kind = kind
+        self.kind = kind.tolist()  # a list: one lookup per row and step, in Python
 
         def only(*ids) -> torch.Tensor:
             allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
@@ -105,77 +158,37 @@ class MIOGrammar:
             "speech_close": only(tokenizer.speech_end_id),
         }
         self.allowed = torch.stack([allowed[name] for name in STATES])  # [states, vocab]
-        self._banned_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._banned: dict[tuple, torch.Tensor] = {}
 
-    def tables(self, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(token kinds, banned masks [states, width]) for a model whose logits have ``width``
-        entries: ids past the tokenizer's vocabulary (padding rows) count as text."""
+    def banned(self, width: int, device) -> torch.Tensor:
+        """bool [states, width]: what each state refuses, for logits of ``width`` entries (ids
+        past the tokenizer's vocabulary, TP padding rows, count as text)."""
         key = (width, str(device))
-        if key not in self._banned_cache:
+        if key not in self._banned:
             if width < self.vocab_size:
                 raise ValueError(f"the model scores {width} tokens, fewer than the tokenizer's "
                                  f"{self.vocab_size}")
-            kind = torch.full((width,), TEXT, dtype=torch.long)
-            kind[: self.vocab_size] = self.kind
             allowed = torch.zeros(len(STATES), width, dtype=torch.bool)
             allowed[:, : self.vocab_size] = self.allowed
             allowed[[S["text"], S["text_no_image"], S["text_no_span"]], self.vocab_size:] = True
-            self._banned_cache[key] = (kind.to(device), (~allowed).to(device))
-        return self._banned_cache[key]
+            self._banned[key] = (~allowed).to(device)
+        return self._banned[key]
 
-    def states(self, generated: torch.Tensor, max_new_tokens: int, modality: str = "text",
-               kind: torch.Tensor | None = None) -> torch.Tensor:
-        """The grammar state (an index into ``STATES``) of every row after ``generated``
-        ``[rows, n]`` (the answer's ids so far, a valid prefix)."""
-        rows, n = generated.shape
-        device = generated.device
-        remaining = max_new_tokens - n  # tokens that may still be generated, this one included
-        opening = OPENING_SPAN[modality]
-        if n == 0:
-            state = {"image": "open_image", "speech": "open_speech"}.get(opening)
-            return torch.full((rows,), S[state or _outside(remaining)], dtype=torch.long, device=device)
+    def token_kind(self, token: int) -> int:
+        return self.kind[token] if token < len(self.kind) else TEXT
 
-        kinds = (self.kind.to(device) if kind is None else kind)[generated]
-        position = torch.arange(n, device=device)
-        opener = (kinds == IMAGE_OPEN) | (kinds == SPEECH_OPEN)
-        closer = (kinds == IMAGE_CLOSE) | (kinds == SPEECH_CLOSE)
-        last_open = torch.where(opener, position, -1).amax(1)
-        last_close = torch.where(closer, position, -1).amax(1)
-        inside = last_open > last_close
-        open_kind = kinds.gather(1, last_open.clamp(min=0)[:, None])[:, 0]
-        since_open = n - 1 - last_open  # span tokens after the opener
+    def progress(self, answer: list[int]) -> Progress:
+        """Replay an answer's ids (a valid prefix) from the start."""
+        progress = Progress()
+        for token in answer:
+            progress = progress.advance(self.token_kind(token))
+        return progress
 
-        # Image: 32 codes, then the closer.
-        image = torch.where(since_open < V.IMAGE_CODES_PER_IMAGE, S["image_code"], S["image_close"])
-
-        # Speech: content codes while the three timbre parts still fit, then 3 x content codes.
-        content = ((kinds == SPEECH_CODE) & (position > last_open[:, None])).sum(1)
-        timbre = since_open - content
-        more_content_fits = remaining >= 1 + V.SPEECH_TIMBRE_CODEBOOKS * (content + 1) + 1
-        in_content = torch.where(content == 0, S["speech_content"],
-                                 torch.where(more_content_fits, S["speech_content_or_timbre1"],
-                                             S["speech_timbre1"]))
-        codebook = timbre // content.clamp(min=1)  # 0, 1, 2 for timbre parts 1, 2, 3
-        in_timbre = torch.where(timbre < V.SPEECH_TIMBRE_CODEBOOKS * content,
-                                S["speech_timbre1"] + codebook, S["speech_close"])
-        speech = torch.where(timbre == 0, in_content, in_timbre)
-
-        state = torch.full((rows,), S[_outside(remaining)], dtype=torch.long, device=device)
-        if modality == "video":  # the answer opens with 2 to 8 frames in a row
-            all_frames = ((kinds == IMAGE_OPEN) | (kinds == IMAGE_CODE) | (kinds == IMAGE_CLOSE)).all(1)
-            frames = (kinds == IMAGE_CLOSE).sum(1)
-            in_video = all_frames & ~inside
-            state = torch.where(in_video & (frames < VIDEO_MIN_FRAMES), S["open_image"], state)
-            capped = in_video & (frames >= VIDEO_MAX_FRAMES) & (state == S["text"])
-            state = torch.where(capped, S["text_no_image"], state)
-        state = torch.where(inside & (open_kind == IMAGE_OPEN), image, state)
-        return torch.where(inside & (open_kind == SPEECH_OPEN), speech, state)
-
-
-def _outside(remaining: int) -> str:
-    if remaining >= IMAGE_SPAN_TOKENS:
-        return "text"
-    return "text_no_image" if remaining >= SPEECH_MIN_SPAN_TOKENS else "text_no_span"
+    def states(self, generated: torch.Tensor, max_new_tokens: int, modality: str = "text") -> torch.Tensor:
+        """The state of every row of ``generated`` ``[rows, n]`` (answers so far), from scratch."""
+        remaining = max_new_tokens - generated.shape[1]
+        return torch.tensor([self.progress(row).state(remaining, modality) for row in generated.tolist()],
+                            dtype=torch.long)
 
 
 class MIOGrammarLogitsProcessor(LogitsProcessor):
@@ -194,9 +207,44 @@ class MIOGrammarLogitsProcessor(LogitsProcessor):
         self.prompt_length = prompt_length
         self.max_new_tokens = max_new_tokens
         self.modality = modality
+        self._previous: torch.Tensor | None = None  # last step's answers
+        self._progress: list[Progress] = []
+        self._mask_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        kind, banned = self.grammar.tables(scores.shape[-1], scores.device)
-        state = self.grammar.states(input_ids[:, self.prompt_length:], self.max_new_tokens,
-                                    self.modality, kind)
-        return scores.masked_fill(banned[state], -float("inf"))
+        answers = input_ids[:, self.prompt_length:]
+        self._progress = self._advance(answers)
+        self._previous = answers
+        remaining = self.max_new_tokens - answers.shape[1]
+        state = tuple(p.state(remaining, self.modality) for p in self._progress)
+        return scores.masked_fill(self._banned_rows(state, scores), -float("inf"))
+
+    def _banned_rows(self, state: tuple[int, ...], scores: torch.Tensor) -> torch.Tensor:
+        """bool [rows, vocab]; the few combinations of states a batch goes through are kept."""
+        rows = self._mask_cache.get(state)
+        if rows is None:
+            banned = self.grammar.banned(scores.shape[-1], scores.device)
+            rows = banned[torch.tensor(state, device=scores.device)]
+            if len(self._mask_cache) >= MASK_CACHE_SIZE:
+                self._mask_cache.clear()
+            self._mask_cache[state] = rows
+        return rows
+
+    def _advance(self, answers: torch.Tensor) -> list[Progress]:
+        """Every row's progress: its parent's (the previous step's row it extends) advanced by
+        its last token, or replayed from the start when it has none."""
+        rows, n = answers.shape
+        previous = self._previous
+        if n == 0:
+            return [Progress()] * rows
+        if previous is None or previous.shape[1] != n - 1:
+            return [self.grammar.progress(row) for row in answers.tolist()]
+        if previous.shape[0] == rows and torch.equal(answers[:, :-1], previous):
+            parents = list(range(rows))  # greedy and sampling: every row extends itself
+        else:  # beam search reorders (and may repeat) rows
+            match = (answers[:, None, :-1] == previous[None]).all(-1)
+            parents = torch.where(match.any(1), match.int().argmax(1), -1).tolist()
+        last = answers[:, -1].tolist()
+        return [self._progress[p].advance(self.grammar.token_kind(t)) if p >= 0
+                else self.grammar.progress(answers[row].tolist())
+                for row, (p, t) in enumerate(zip(parents, last))]
