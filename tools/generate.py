@@ -40,7 +40,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON file (default: stdout)")
     args = p.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
     from megatron_mio.inference import Generator
+
+    hf_logging.disable_progress_bar()  # the weight-loading bar; the line below says what loaded
 
     try:
         generator = Generator(args.hf_dir, device=args.device)
