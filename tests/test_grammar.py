@@ -121,10 +121,10 @@ def test_budget_edges(grammar, ids):
 
 
 def test_processor_refuses_budgets_that_cannot_hold_the_answer(grammar):
-    with pytest.raises(ValueError, match="too small for a video"):
+    with pytest.raises(ValueError, match="cannot hold the requested video"):
         MIOGrammarLogitsProcessor(grammar, 5, 67, "video")
     MIOGrammarLogitsProcessor(grammar, 5, 68, "video")
-    with pytest.raises(ValueError, match="too small for a speech"):
+    with pytest.raises(ValueError, match="cannot hold the requested speech"):
         MIOGrammarLogitsProcessor(grammar, 5, 5, "speech")
 
 

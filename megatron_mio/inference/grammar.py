@@ -201,8 +201,8 @@ class MIOGrammarLogitsProcessor(LogitsProcessor):
         if modality not in OPENING_SPAN:
             raise ValueError(f"unknown output modality {modality!r}; choose from {tuple(OPENING_SPAN)}")
         if max_new_tokens < min_new_tokens(modality):
-            raise ValueError(f"max_new_tokens {max_new_tokens} is too small for a {modality} answer "
-                             f"(at least {min_new_tokens(modality)} tokens)")
+            raise ValueError(f"max_new_tokens {max_new_tokens} cannot hold the requested {modality} "
+                             f"answer (it needs at least {min_new_tokens(modality)} tokens)")
         self.grammar = grammar
         self.prompt_length = prompt_length
         self.max_new_tokens = max_new_tokens
