@@ -7,8 +7,9 @@
    initialised model of the ``tiny`` preset's shape over a freshly built MIO tokenizer, and for
    each ``--model-dir`` given (e.g. the quickstart's ``quickstart/hf_model``).
 2. Cost: tokens per CPU-second of greedy decoding of the random tiny model (one thread),
-   exactly ``--speed-tokens`` new tokens per call, with and without the processor, median of
-   ``--repeats`` calls, measured in this one run.
+   exactly ``--speed-tokens`` new tokens per call, with and without the processor (calls
+   alternating), median of ``--repeats`` calls, measured in this one run; and the share of the
+   CPU time spent inside the processor (less sensitive to a busy machine than the ratio).
 
     python bench/bench_generate.py [--model-dir quickstart/hf_model] [--seeds 20]
 """
@@ -67,25 +68,44 @@ def well_formed_rates(generator, seeds: int, speech_tokens: int) -> dict:
     return rates
 
 
-def greedy_tokens_per_second(generator, modality: str, tokens: int, repeats: int) -> tuple[float, float]:
-    """(without, with the processor): calls alternate, so both see the same machine load."""
+class TimedProcessor:
+    """The processor, with the CPU time spent inside it summed up."""
+
+    def __init__(self, processor):
+        self.processor, self.seconds = processor, 0.0
+
+    def __call__(self, input_ids, scores):
+        start = time.process_time()
+        out = self.processor(input_ids, scores)
+        self.seconds += time.process_time() - start
+        return out
+
+
+def greedy_tokens_per_second(generator, modality: str, tokens: int, repeats: int) -> tuple[float, float, float]:
+    """(tokens/CPU-s without, with the processor, the processor's share of the latter's CPU
+    time): calls alternate, so both see the same machine load."""
     from megatron_mio.inference import MIOGrammarLogitsProcessor
     from megatron_mio.inference.prompt import chat_prompt_ids
 
     tok, model = generator.tokenizer, generator.model
     prompt = torch.tensor([chat_prompt_ids(tok, "Please show me a cat.")])
-    times = {False: [], True: []}
+    times, shares = {False: [], True: []}, []
     for _ in range(repeats + 1):  # the first pair warms up and is dropped
         for grammar in (False, True):
-            processors = [MIOGrammarLogitsProcessor(generator.grammar, prompt.shape[1], tokens, modality)] if grammar else []
+            timed = TimedProcessor(MIOGrammarLogitsProcessor(generator.grammar, prompt.shape[1], tokens, modality))
             start = time.process_time()  # CPU time of this one-thread process: robust to a busy machine
             with torch.no_grad():
                 out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, num_beams=1,
-                                     max_new_tokens=tokens, min_new_tokens=tokens, logits_processor=processors,
+                                     max_new_tokens=tokens, min_new_tokens=tokens,
+                                     logits_processor=[timed] if grammar else [],
                                      eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
-            times[grammar].append(time.process_time() - start)
+            elapsed = time.process_time() - start
+            times[grammar].append(elapsed)
+            if grammar:
+                shares.append(timed.seconds / elapsed)
             assert out.shape[1] - prompt.shape[1] == tokens
-    return tuple(tokens / statistics.median(times[g][1:]) for g in (False, True))
+    plain, ruled = (tokens / statistics.median(times[g][1:]) for g in (False, True))
+    return plain, ruled, statistics.median(shares[1:])
 
 
 def main():
@@ -121,11 +141,12 @@ def main():
         generator = generators["random tiny"]
         print(f"\ngreedy decoding, random tiny model, {args.speed_tokens} new tokens, "
               f"median of {args.repeats}, 1 thread:\n")
-        print("| answer | without processor (tok/CPU-s) | with processor (tok/CPU-s) | ratio |")
-        print("|---|---|---|---|")
+        print("| answer | without processor (tok/CPU-s) | with processor (tok/CPU-s) | ratio "
+              "| processor's share of CPU time |")
+        print("|---|---|---|---|---|")
         for modality in ("text", "speech"):
-            plain, ruled = greedy_tokens_per_second(generator, modality, args.speed_tokens, args.repeats)
-            print(f"| {modality} | {plain:.0f} | {ruled:.0f} | {ruled / plain:.3f} |")
+            plain, ruled, share = greedy_tokens_per_second(generator, modality, args.speed_tokens, args.repeats)
+            print(f"| {modality} | {plain:.0f} | {ruled:.0f} | {ruled / plain:.3f} | {share:.1%} |")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
