@@ -6,10 +6,12 @@ gloo.  Every flag is described by ``--help`` (``megatron_mio/training/arguments.
 
 import sys
 
-from megatron_mio.training.arguments import ConfigError
+from megatron_mio import platform
 
 
 def main(argv=None) -> int:
+    platform.quiet_import_warnings()
+    from megatron_mio.training.arguments import ConfigError
     from megatron_mio.training.trainer import pretrain
 
     try:

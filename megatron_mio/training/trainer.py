@@ -193,6 +193,8 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     args = parse_args(argv)
     plat = initialize(args)
+    if torch.distributed.get_rank() == 0:
+        log.info(mio_platform.describe(plat, args.attention_backend))
     preset = model_preset(args)
     args.true_vocab_size = mio_data.tokenizer_vocab_size(args)
     args.padded_vocab_size = padded_vocab_for_load(
