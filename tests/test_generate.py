@@ -23,7 +23,8 @@ from tests.test_convert import base_vocab, read_hf, save_random_llama, tiny_llam
 
 TRAIN = ["--use-cpu", "--mock-data", "--model-preset", "tiny", "--num-layers", "4", "--seq-length", "32",
          "--micro-batch-size", "1", "--global-batch-size", "2", "--lr", "1e-3", "--lr-warmup-iters", "0",
-         "--lr-decay-iters", "4", "--log-interval", "1"]
+         "--lr-decay-iters", "4", "--log-interval", "1",
+         "--no-bias-swiglu-fusion", "--no-bias-dropout-fusion"]  # compiling costs more than this tiny run
 
 
 @pytest.fixture(scope="module")

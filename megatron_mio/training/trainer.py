@@ -77,8 +77,8 @@ def build_model(args, preset, plat) -> list[DistributedDataParallel]:
     """This rank's model chunks (one, or one per virtual stage), wrapped in megatron's DDP."""
     fusions = plan_fusions(args.attention_backend, plat.device.type, refused_fusions(args))
     if torch.distributed.get_rank() == 0:
-        log.info("attention backend %s on %s; fusions: %s; gradients reduced in %s", args.attention_backend,
-                 plat.device.type, fusions.describe(), "fp32" if args.accumulate_allreduce_grads_in_fp32 else "the model dtype")
+        log.info("fusions: %s; gradients reduced in %s", fusions.describe(),
+                 "fp32" if args.accumulate_allreduce_grads_in_fp32 else "the model dtype")
     config = build_transformer_config(
         preset,
         tensor_parallel_size=args.tensor_model_parallel_size,
