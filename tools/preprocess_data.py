@@ -12,8 +12,11 @@ index, and shard I of N is written to P-0000I-of-0000N (examples/preprocess.sh).
 import argparse
 import os
 import sys
+from pathlib import Path
 
-from megatron_mio.data.preprocess import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megatron_mio.data.preprocess import (  # noqa: E402
     PreprocessConfig, PreprocessError, drop_warnings, preprocess,
 )
 

@@ -261,7 +261,8 @@ class _Report:
             r["tokens"]["total"] += int(tokens.size)
             r["tokens"]["supervised"] += int(loss_mask.sum())
         r["documents_written"] += len(pieces)
-        _bump(r["documents_by_type"], sample_type, len(pieces))
+        if pieces:
+            _bump(r["documents_by_type"], sample_type, len(pieces))
         if len(pieces) > 1:
             r["split"]["documents"] += 1
             r["split"]["pieces"] += len(pieces)
