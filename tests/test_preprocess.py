@@ -264,3 +264,73 @@ def test_random_long_tail_corpus_written_without_cut_spans(mio_tokenizer_dir, mi
     assert list(report["dropped"]["by_reason"]["segment_too_long"]) == ["interleaved"]
     assert {d["segment"] for item in report["dropped"]["items"] for d in item["dropped"]} <= {
         "speech", "video"}
+
+
+def test_glob_prefixes_in_a_mixture(mio_tokenizer_dir, corpus, tmp_path):
+    from megatron_mio.data.mixture import MixtureError, load_mixture
+
+    for index in (2, 0, 1):
+        run(mio_tokenizer_dir, [corpus["pretrain"]], tmp_path / "data" / "pairs", "2",
+            num_shards=3, shard_index=index)
+    (tmp_path / "mix.yaml").write_text(
+        "types:\n  pairs: {weight: 1, prefixes: [data/pairs-*, data/single]}\n")
+    run(mio_tokenizer_dir, [corpus["pretrain"]], tmp_path / "data" / "single", "2")
+    mixture = load_mixture(tmp_path / "mix.yaml")
+    assert mixture.types[0].prefixes == tuple(
+        [shard_output_prefix(str(tmp_path / "data" / "pairs"), i, 3) for i in range(3)]
+        + [str(tmp_path / "data" / "single")])
+    (tmp_path / "mix.yaml").write_text(
+        "types:\n  pairs:\n    weight: 1\n    prefixes:\n      - data/pairs-*\n      - data/laion_*\n")
+    with pytest.raises(MixtureError, match=r"mix.yaml:6: types.pairs.prefixes.1: the pattern "
+                                           r"'.*data/laion_\*' matches no dataset"):
+        load_mixture(tmp_path / "mix.yaml")
+
+
+def test_pack_stats_reports_coverage_and_warns_below_99_percent(mio_tokenizer_dir, corpus,
+                                                               tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pack_stats", REPO / "tools/pack_stats.py")
+    pack_stats = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack_stats)
+    prefix = tmp_path / "P"
+    report = run(mio_tokenizer_dir, [corpus["pretrain"]], prefix, "2", seq_length=256)
+    argv = ["--data-path", str(prefix), "--json", "--cache-dir", str(tmp_path / "cache")]
+    assert pack_stats.main(argv + ["--seq-length", "256"]) == 0
+    out = capsys.readouterr()
+    stats = json.loads(out.out)["datasets"][0]
+    assert stats["written_tokens"] == report["tokens"]["total"]
+    assert stats["coverage"] == 1.0 and "reach the packs" not in out.err  # every piece fits
+    # What preprocessing itself dropped (pairs over 256 tokens) is named too.
+    assert f"pack_stats: warning: {prefix}: preprocessing wrote " \
+           f"{100 * report['coverage']:.1f}% of its corpus' tokens" in out.err
+    assert stats["corpus_tokens"] == report["tokens"]["total"] + report["dropped"]["tokens"]
+    # Training at a shorter length than preprocessing: the packer drops what is longer.
+    assert pack_stats.main(argv + ["--seq-length", "128"]) == 0
+    out = capsys.readouterr()
+    stats = json.loads(out.out)["datasets"][0]
+    assert stats["coverage"] < 0.99
+    assert f"pack_stats: warning: {prefix}: only {100 * stats['coverage']:.1f}% of the " \
+           "tokens preprocessing wrote reach the packs" in out.err
+    assert "--seq-length 256" in out.err
+
+
+def test_merge_datasets_tool(mio_tokenizer_dir, corpus, tmp_path):
+    for index in range(2):
+        run(mio_tokenizer_dir, [corpus["pretrain"]], tmp_path / "s", "2", num_shards=2,
+            shard_index=index)
+    run(mio_tokenizer_dir, [corpus["pretrain"]], tmp_path / "single", "2")
+    tool = [sys.executable, str(REPO / "tools/merge_datasets.py")]
+    result = subprocess.run(tool + ["--input", str(tmp_path / "s-*"), "--output-prefix",
+                                    str(tmp_path / "merged")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    a, b = files_of(tmp_path / "single"), files_of(tmp_path / "merged")
+    a.pop(".report.json")
+    assert json.loads(b.pop(".report.json"))["shard"]["merged_from"] == [
+        shard_output_prefix(str(tmp_path / "s"), i, 2) for i in range(2)]
+    assert a == b
+    result = subprocess.run(tool + ["--input", str(tmp_path / "nothing-*"), "--output-prefix",
+                                    str(tmp_path / "m2")], capture_output=True, text=True)
+    assert result.returncode == 1 and "'" + str(tmp_path / "nothing-*") + "' matches no dataset" \
+        in result.stderr
+    assert leftovers(tmp_path, "m2") == []

@@ -239,13 +239,13 @@ def _coverage(ds: PackedDataset, seq_length: int) -> tuple[dict, list[str]]:
     warnings = []
     if coverage < COVERAGE_WARNING:
         warnings.append(
-            f"{ds.prefix}: only {100 * coverage:.1f}% of the tokens preprocessing wrote reach the "
+            f"only {100 * coverage:.1f}% of the tokens preprocessing wrote reach the "
             f"packs ({meta['packed_tokens']:,} of {written:,}): {meta['n_too_long']:,} documents "
             f"are longer than seq_length {seq_length} (preprocessed with --seq-length "
             f"{report['seq_length']}; use the training seq_length there so they are split)")
     if corpus and written / corpus < COVERAGE_WARNING:
         warnings.append(
-            f"{ds.prefix}: preprocessing wrote {100 * written / corpus:.1f}% of its corpus' "
+            f"preprocessing wrote {100 * written / corpus:.1f}% of its corpus' "
             f"tokens ({report['dropped']['tokens']:,} dropped: see {ds.prefix}.report.json)")
     return {"written_tokens": written, "coverage": coverage,
             "corpus_tokens": corpus, "corpus_coverage": meta["packed_tokens"] / corpus
@@ -262,7 +262,8 @@ def mixture_statistics(blend: BlendedPackedDataset, modality_table: np.ndarray |
         meta = ds.meta
         counts = modality_token_counts(ds, modality_table)
         coverage, dataset_warnings = _coverage(ds, s)
-        warnings += [f"{name}: {w}" for w in dataset_warnings]
+        label = ds.prefix if name == ds.prefix else f"{name} ({ds.prefix})"
+        warnings += [f"{label}: {w}" for w in dataset_warnings]
         per_dataset.append(dict(
             type=name, prefix=ds.prefix, weight=float(weight), documents=meta["n_documents"],
             packs=meta["n_packs"], packed_tokens=meta["packed_tokens"],
