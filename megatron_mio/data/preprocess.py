@@ -430,7 +430,9 @@ def _task_bytes(config: PreprocessConfig, ranges: list[LineRange]) -> int:
 
 def preprocess(config: PreprocessConfig) -> dict:
     """Run the whole conversion; returns the report (also written to ``P.report.json``), plus
-    ``seconds`` and ``main_merge_seconds`` (time the main process spent appending shards)."""
+    ``seconds`` (end to end) and, with workers, ``main_seconds``: the main process' own work
+    (planning the tasks, appending the workers' datasets, writing the index), which bounds how
+    far more workers can go."""
     from tqdm import tqdm
 
     # megatron-core (and torch with it) is imported before the workers fork, so they share it.
@@ -444,7 +446,7 @@ def preprocess(config: PreprocessConfig) -> dict:
     settings = {key: getattr(config, key) for key in CONFIG_KEYS}
     shard = {"index": config.shard_index, "count": config.num_shards}
     show = sys.stderr.isatty() if config.progress is None else config.progress
-    merge_seconds = 0.0
+    main_seconds = {"plan": 0.0, "append": 0.0, "finish": 0.0}
     with AtomicDatasetWriter(output_prefix) as writer:
         if config.workers == 1:
             _init_worker(config)
@@ -454,7 +456,9 @@ def preprocess(config: PreprocessConfig) -> dict:
                 bar.update(report.report["samples_read"])
             body = report.report
         else:
+            began = time.perf_counter()
             tasks = task_ranges(config.inputs, ranges, _task_bytes(config, ranges))
+            main_seconds["plan"] = time.perf_counter() - began
             shard_dir = writer.scratch_directory()
             body = _empty_report()
             context = multiprocessing.get_context(
@@ -469,14 +473,16 @@ def preprocess(config: PreprocessConfig) -> dict:
                         began = time.perf_counter()
                         writer.add_dataset(prefix)
                         _sum_into(body, part)
-                        merge_seconds += time.perf_counter() - began
+                        main_seconds["append"] += time.perf_counter() - began
                         _remove_dataset(prefix)
                         bar.update(lines)
             finally:
                 shutil.rmtree(shard_dir, ignore_errors=True)
+        began = time.perf_counter()
         report = finish_report(settings, body, output_prefix, shard)
         writer.commit(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    return {**report, "seconds": time.perf_counter() - start, "main_merge_seconds": merge_seconds}
+        main_seconds["finish"] = time.perf_counter() - began
+    return {**report, "seconds": time.perf_counter() - start, "main_seconds": main_seconds}
 
 
 def _remove_dataset(prefix: str) -> None:
