@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--median-sentences", type=float, default=50.0)
     parser.add_argument("--seq-length", type=int, default=2800)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--types", nargs="+", help="only these types (default: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         model = train_sentencepiece(synthetic.sample_text_lines(n=20000, seed=0),
@@ -82,7 +83,8 @@ def main() -> None:
         tokenizer = os.path.join(workdir, "tokenizer")
         build_mio_tokenizer(model, tokenizer)
         rows = [measure(name, samples, tokenizer, workdir, args.seq_length, args.workers)
-                for name, samples in corpus(args).items()]
+                for name, samples in corpus(args).items()
+                if not args.types or name.split()[0] in args.types]
     s = args.seq_length
     print(f"| type | samples | corpus tokens | share in documents > {s:,} | packed, kept whole "
           f"| packed, split | pieces | packing efficiency (split) |")

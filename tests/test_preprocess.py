@@ -170,6 +170,17 @@ def test_bad_input_fails_with_line_and_leaves_nothing(mio_tokenizer_dir, tmp_pat
     assert leftovers(out, "P") == []
 
 
+def test_bad_input_with_workers_names_the_first_bad_line(mio_tokenizer_dir, tmp_path):
+    lines = [GOOD] * 300 + [BAD_LINES["unknown_type"][0]] + [GOOD] * 50 + [BAD_LINES["empty_text"][0]]
+    data = _write_lines(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(PreprocessError) as error:
+        run(mio_tokenizer_dir, [data], out / "P", "2", workers=2, task_bytes=2000)
+    assert str(error.value).startswith(f"{data}:301: type: unknown type 'poem'")
+    assert leftovers(out, "P") == []  # neither the output nor the workers' partial datasets
+
+
 def test_bad_input_is_skipped_and_reported(mio_tokenizer_dir, tmp_path):
     lines = [GOOD] + [BAD_LINES[c][0] for c in sorted(BAD_LINES)] + [GOOD]
     data = _write_lines(tmp_path / "in.jsonl", lines)
