@@ -5,8 +5,8 @@
 
 A MIO-like corpus, one dataset per type: web-like ``language`` pages and ``interleaved`` pages
 (text, images, now and then a video or a speech clip) with log-normal lengths (a large share of
-their tokens in pages over 2,800 tokens), caption pairs, and 15 s TTS speech pairs (3,000+
-tokens: cannot be split).  Each type is preprocessed twice in the same run: with ``--seq-length``
+their tokens in pages over 2,800 tokens), caption pairs, video pairs, 5-15 s ASR speech pairs,
+and 15 s TTS speech pairs (3,000+ tokens: cannot be split); then all of them in one dataset.  Each type is preprocessed twice in the same run: with ``--seq-length``
 (pieces, what preprocessing does now) and with no limit (documents kept whole: the packer then
 drops every document over the sequence length, as before splitting existed), and packed with
 the C++ packer at the sequence length.  Reported per type: corpus tokens (everything the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import tempfile
 
 from megatron_mio.data import synthetic
@@ -40,16 +41,24 @@ def corpus(args) -> dict[str, list[dict]]:
                                            n_speech_pairs=args.tts, n_interleaved=0,
                                            speech_seconds=(15.0, 15.0))
     tts = [{**s, "direction": "tts"} for s in speech if "timbre" in s["speech"]]
+    asr = synthetic.pretraining_samples(5, n_language=0, n_image_pairs=0, n_video_pairs=0,
+                                        n_speech_pairs=args.asr, n_interleaved=0,
+                                        speech_seconds=(5.0, 15.0))
+    asr = [{**s, "direction": "asr"} for s in asr]
+    video = synthetic.pretraining_samples(6, n_language=0, n_image_pairs=0,
+                                          n_video_pairs=args.video, n_speech_pairs=0,
+                                          n_interleaved=0)
     return {"language": pages, "interleaved": interleaved, "image_text_pair": pairs,
+            "video_text_pair": video, "speech_text_pair (5-15 s ASR)": asr,
             "speech_text_pair (15 s TTS)": tts}
 
 
 def measure(name: str, samples: list[dict], tokenizer: str, workdir: str, seq_length: int,
             workers: int) -> dict:
-    data = synthetic.write_jsonl(os.path.join(workdir, f"{name.split()[0]}.jsonl"), samples)
+    data = synthetic.write_jsonl(os.path.join(workdir, f"{_file_name(name)}.jsonl"), samples)
     row = {"type": name, "samples": len(samples)}
     for mode, limit in (("whole", WHOLE), ("split", seq_length)):
-        prefix = os.path.join(workdir, f"{name.split()[0]}_{mode}")
+        prefix = os.path.join(workdir, f"{_file_name(name)}_{mode}")
         report = preprocess(PreprocessConfig(inputs=[data], output_prefix=prefix,
                                              tokenizer=tokenizer, stage="2", seq_length=limit,
                                              workers=workers, progress=False))
@@ -66,12 +75,18 @@ def measure(name: str, samples: list[dict], tokenizer: str, workdir: str, seq_le
     return row
 
 
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=2000)
     parser.add_argument("--interleaved", type=int, default=1000)
     parser.add_argument("--pairs", type=int, default=20000)
     parser.add_argument("--tts", type=int, default=400)
+    parser.add_argument("--asr", type=int, default=4000)
+    parser.add_argument("--video", type=int, default=1500)
     parser.add_argument("--median-sentences", type=float, default=50.0)
     parser.add_argument("--seq-length", type=int, default=2800)
     parser.add_argument("--workers", type=int, default=2)
@@ -82,9 +97,15 @@ def main() -> None:
                                     os.path.join(workdir, "base.model"), vocab_size=4000)
         tokenizer = os.path.join(workdir, "tokenizer")
         build_mio_tokenizer(model, tokenizer)
+        by_type = {name: samples for name, samples in corpus(args).items()
+                   if not args.types or name.split()[0] in args.types}
         rows = [measure(name, samples, tokenizer, workdir, args.seq_length, args.workers)
-                for name, samples in corpus(args).items()
-                if not args.types or name.split()[0] in args.types]
+                for name, samples in by_type.items()]
+        # Every type in one dataset, shuffled (as bench_packing's MIO-like corpus).
+        mixed = [sample for samples in by_type.values() for sample in samples]
+        random.Random(0).shuffle(mixed)
+        rows.append(measure("all types in one dataset", mixed, tokenizer, workdir,
+                            args.seq_length, args.workers))
     s = args.seq_length
     print(f"| type | samples | corpus tokens | share in documents > {s:,} | packed, kept whole "
           f"| packed, split | pieces | packing efficiency (split) |")
@@ -96,9 +117,9 @@ def main() -> None:
               f"{100 * long_share:.1f}% | {100 * whole['coverage']:.2f}% | "
               f"{100 * split['coverage']:.2f}% | {split['documents']:,} | "
               f"{100 * split['efficiency']:.2f}% |")
-    total_packed = sum(r["split"]["packed_tokens"] for r in rows)
-    total_slots = sum(r["split"]["packs"] for r in rows) * s
-    print(f"all types, split: packing efficiency {100 * total_packed / total_slots:.2f}%")
+    whole = rows[-1]["whole"]
+    print(f"all types in one dataset, kept whole: packing efficiency "
+          f"{100 * whole['efficiency']:.2f}%")
     print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}, cpus: {os.cpu_count()}")
     print(json.dumps(rows))
 
