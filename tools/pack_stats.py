@@ -16,6 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megatron_mio import platform  # noqa: E402
+
+platform.quiet_import_warnings()  # before megatron-core is imported
+
 from megatron_mio.data.mixture import (  # noqa: E402
     MixtureError, build_mixture_dataset, load_mixture, mixture_statistics, parse_data_path,
 )

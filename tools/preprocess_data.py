@@ -16,6 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megatron_mio import platform  # noqa: E402
+
+platform.quiet_import_warnings()  # before megatron-core is imported
+
 from megatron_mio.data.preprocess import (  # noqa: E402
     PreprocessConfig, PreprocessError, drop_warnings, preprocess,
 )
