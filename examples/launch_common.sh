@@ -180,7 +180,9 @@ mio_node_exec() {
         if [[ $arg == '$SLURM_NODEID' ]]; then args+=("$node_rank"); else args+=("$arg"); fi
     done
     local nnodes=${SLURM_NNODES:-1} dev="" how="set by the user"
-    if (( nnodes > 1 )) && [[ -z ${GLOO_SOCKET_IFNAME:-} || -z ${NCCL_SOCKET_IFNAME:-} ]]; then
+    if (( nnodes == 1 )); then
+        how="one node: every connection is local"
+    elif [[ -z ${GLOO_SOCKET_IFNAME:-} || -z ${NCCL_SOCKET_IFNAME:-} ]]; then
         dev=$(mio_interface_toward "$MASTER_ADDR")
         if [[ -n $dev && $dev != lo ]]; then
             export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$dev} NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-$dev}

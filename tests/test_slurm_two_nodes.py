@@ -195,7 +195,7 @@ def _train_env(base: dict, data: dict, ckpt: Path, procs_per_node: int, extra: s
     env = dict(base)
     env.update(
         USE_CPU="1", TP="2", PP="2", GPUS_PER_NODE=str(procs_per_node), MODEL="tiny",
-        MIO_REPO=str(REPO_ROOT), STAGE_CONFIG=str(REPO_ROOT / "examples/configs/tiny_cpu.yaml"),
+        MIO_REPO=str(REPO_ROOT), PYTHON=sys.executable, STAGE_CONFIG=str(REPO_ROOT / "examples/configs/tiny_cpu.yaml"),
         LOAD_DIR="", CKPT_DIR=str(ckpt), TRAIN_ITERS=str(ITERS),
         EXTRA_ARGS=f"--seq-length {SEQ_LENGTH} --attention-backend torch {extra}".strip(),
         PYTHONWARNINGS="ignore", **data, **settings,
