@@ -97,6 +97,8 @@ def _assert_removed(state: Path, pids: list[int] = ()) -> None:
     created = [line.split()[1] for line in (state / "nodes").read_text().splitlines()]
     assert len(created) == len(NODES)
     assert not set(created) & _netns_names(), f"namespaces left: {set(created) & _netns_names()}"
+    host_addresses = _run(["ip", "-o", "addr", "show"]).stdout
+    assert "10.42.0." not in host_addresses, host_addresses  # (it never had them; nor has it now)
     assert not _processes_mentioning(str(state)), f"daemons left: {_processes_mentioning(str(state))}"
     assert not [pid for pid in pids if _alive(pid)], f"processes left: {[p for p in pids if _alive(p)]}"
 
@@ -334,11 +336,14 @@ def test_lost_node_fails_the_job_fast_and_resubmission_resumes(cluster, stage1_d
 
     lost_at = time.time()
     _run(["bash", CI / "lose_node.sh", cluster.state, NODES[1]])
+    # The survivors wait on a peer that never answers.  The job must end before the trainers'
+    # distributed timeout (1 minute) would end it: Slurm declares the silent node DOWN after
+    # SlurmdTimeout (10 s in ci/slurm) and ends the job with NODE_FAIL.
     while (fields := cluster.job(job)).get("JobState") not in TERMINAL:
-        assert time.time() - lost_at < 120, f"job still {fields.get('JobState')} 120 s after losing a node:\n{_read(log)}"
+        assert time.time() - lost_at < 60, f"job still {fields.get('JobState')} 60 s after losing a node:\n{_read(log)}"
         time.sleep(0.3)
     took = time.time() - lost_at
-    assert fields["JobState"] in ("NODE_FAIL", "FAILED"), fields
+    assert fields["JobState"] == "NODE_FAIL", fields
     sinfo = cluster.client(["sinfo", "-h", "-N", "-o", "%N %T"]).stdout
     assert f"{NODES[1]} down" in sinfo, sinfo
     print(f"job {job} ended {fields['JobState']} {took:.1f} s after {NODES[1]} was lost")
