@@ -28,10 +28,12 @@
 #     set) as the interface that holds the master address (node 0) or routes to it (the others,
 #     `ip route get`).  Without it gloo binds to the address of the node's hostname, which on a
 #     node with several interfaces may not reach the other nodes (Debian maps the hostname to
-#     127.0.1.1) and the run hangs until the distributed timeout.
+#     127.0.1.1): gloo's connection set-up then fails with "Connect timeout".
 #   * a node lost mid-run: Slurm declares it DOWN after SlurmdTimeout and ends the job
-#     (NODE_FAIL; with --requeue it waits for nodes and resumes); a job whose nodes stay up but
-#     whose collectives stall fails after the trainer's --distributed-timeout-minutes.
+#     (NODE_FAIL; with --requeue it waits for nodes and resumes from CKPT_DIR).  Ranks whose
+#     nodes stay up but whose peers stall wait for the collective timeout instead: 30 minutes in
+#     megatron-core's model-parallel groups (the trainer's --distributed-timeout-minutes sets
+#     only the default group's).
 #
 # Environment variables (all optional; the stage script documents its own defaults):
 #   NNODES            nodes (default: Slurm's SLURM_JOB_NUM_NODES, else 1)
@@ -61,9 +63,10 @@
 #   DRY_RUN=1         print the launch command instead of running it
 
 mio_log() { echo "[mio-launch $(date +%H:%M:%S)] $*" >&2; }
+mio_die() { echo "[mio-launch] error: $*" >&2; exit 2; }
+
 # This file's own path: every node sources it to run its torchrun (mio_node_exec).
 MIO_LAUNCH_COMMON=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
-mio_die() { echo "[mio-launch] error: $*" >&2; exit 2; }
 
 # The repository: MIO_REPO, else the parent of this file's directory.
 mio_repo() {

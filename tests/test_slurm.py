@@ -85,7 +85,7 @@ def _train_env(base: dict, data: dict, ckpt: Path, iters: int) -> dict:
     """The tiny CPU run, configured only through the script's environment variables."""
     env = {k: v for k, v in base.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
     env.update(
-        USE_CPU="1", TP="2", PP="1", MODEL="tiny", MIO_REPO=str(REPO_ROOT),
+        USE_CPU="1", TP="2", PP="1", MODEL="tiny", MIO_REPO=str(REPO_ROOT), PYTHON=sys.executable,
         STAGE_CONFIG=str(REPO_ROOT / "examples/configs/tiny_cpu.yaml"),
         LOAD_DIR="", CKPT_DIR=str(ckpt), TRAIN_ITERS=str(iters),
         EXTRA_ARGS=f"--seq-length {SEQ_LENGTH} --attention-backend torch",

@@ -197,7 +197,8 @@ def _train_env(base: dict, data: dict, ckpt: Path, procs_per_node: int, extra: s
     env = dict(base)
     env.update(
         USE_CPU="1", TP="2", PP="2", GPUS_PER_NODE=str(procs_per_node), MODEL="tiny",
-        MIO_REPO=str(REPO_ROOT), PYTHON=sys.executable, STAGE_CONFIG=str(REPO_ROOT / "examples/configs/tiny_cpu.yaml"),
+        MIO_REPO=str(REPO_ROOT), PYTHON=sys.executable,
+        STAGE_CONFIG=str(REPO_ROOT / "examples/configs/tiny_cpu.yaml"),
         LOAD_DIR="", CKPT_DIR=str(ckpt), TRAIN_ITERS=str(ITERS),
         EXTRA_ARGS=f"--seq-length {SEQ_LENGTH} --attention-backend torch {extra}".strip(),
         PYTHONWARNINGS="ignore", **data, **settings,
@@ -340,7 +341,8 @@ def test_lost_node_fails_the_job_fast_and_resubmission_resumes(cluster, stage1_d
     # distributed timeout (1 minute) would end it: Slurm declares the silent node DOWN after
     # SlurmdTimeout (10 s in ci/slurm) and ends the job with NODE_FAIL.
     while (fields := cluster.job(job)).get("JobState") not in TERMINAL:
-        assert time.time() - lost_at < 60, f"job still {fields.get('JobState')} 60 s after losing a node:\n{_read(log)}"
+        assert time.time() - lost_at < 60, \
+            f"job still {fields.get('JobState')} 60 s after losing a node:\n{_read(log)}"
         time.sleep(0.3)
     took = time.time() - lost_at
     assert fields["JobState"] == "NODE_FAIL", fields

@@ -23,14 +23,19 @@ netns_list=()
 # daemons and job processes in the namespaces, with KILL.
 left=()
 mapfile -t daemons < <(daemon_pids)
+wait_gone() {  # up to $1 tenths of a second for every daemon to be gone
+    local pid alive
+    for _ in $(seq "$1"); do
+        alive=0
+        for pid in "${daemons[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        (( alive )) || return 0
+        sleep 0.1
+    done
+}
 (( ${#daemons[@]} )) && kill "${daemons[@]}" 2>/dev/null
-for _ in $(seq 50); do
-    alive=0
-    for pid in "${daemons[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    (( alive )) || break
-    sleep 0.1
-done
+wait_gone 50
 for pid in "${daemons[@]}"; do kill -9 "$pid" 2>/dev/null; done
+wait_gone 30
 for netns in "${netns_list[@]}"; do
     netns_exists "$netns" || continue
     for _ in $(seq 50); do
