@@ -125,8 +125,17 @@ class Cluster:
         return self.client(cmd, env=env, cwd=REPO_ROOT).stdout.strip().split(";")[0]
 
     def job(self, job: str) -> dict:
-        out = self.client(["scontrol", "show", "job", "-o", job], check=False).stdout
-        return dict(item.split("=", 1) for item in out.split() if "=" in item)
+        """The job's fields; {} once the controller has forgotten it.  A busy controller (two
+        cores shared with the trainers) can time out a query: asked again then."""
+        for _ in range(20):
+            proc = self.client(["scontrol", "show", "job", "-o", job], check=False)
+            if proc.returncode == 0:
+                return dict(item.split("=", 1) for item in proc.stdout.split() if "=" in item)
+            if "Invalid job id" in proc.stderr:
+                return {}
+            print(f"scontrol show job {job} failed ({proc.returncode}), asking again: {proc.stderr.strip()}")
+            time.sleep(0.5)
+        raise AssertionError(f"scontrol show job {job} keeps failing: {proc.stderr}")
 
     def wait(self, job: str, log: Path, restarts: int = 0, timeout: float = 400) -> str:
         """Wait until the job has completed after ``restarts`` requeues; returns its log.  A
