@@ -141,9 +141,16 @@ class Cluster:
         """Wait until the job has completed after ``restarts`` requeues; returns its log.  A
         requeued job is held two minutes (Reason=BeginTime): released here at once."""
         deadline = time.time() + timeout
+        unseen_since = None
         while time.time() < deadline:
             fields = self.job(job)
-            assert fields, f"job {job} left the controller unseen:\n{_read(log)}"
+            if not fields:
+                # For a moment while it requeues a job, the controller may not show it.
+                unseen_since = unseen_since or time.time()
+                assert time.time() - unseen_since < 15, f"job {job} left the controller unseen:\n{_read(log)}"
+                time.sleep(0.3)
+                continue
+            unseen_since = None
             if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
                 self.client(["scontrol", "update", f"JobId={job}", "StartTime=now"])
             text = _read(log)
