@@ -202,7 +202,8 @@ def stage1_data(tmp_path_factory, mio_tokenizer_dir):
     prefix = root / "stage1"
     _run([sys.executable, REPO_ROOT / "tools/preprocess_data.py", "--input", corpus["pretrain"],
           "--output-prefix", prefix, "--tokenizer", mio_tokenizer_dir, "--stage", "1",
-          "--seq-length", str(SEQ_LENGTH)], cwd=REPO_ROOT, timeout=300)
+          "--seq-length", str(SEQ_LENGTH)], cwd=REPO_ROOT, timeout=300,
+         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))  # this tree's package, not an installed one
     mixture = root / "stage1_tiny.yaml"
     mixture.write_text(f"types:\n  pretrain: {{weight: 1, prefixes: [{prefix}]}}\n")
     return {"DATA_CONFIG": str(mixture), "TOKENIZER": mio_tokenizer_dir}
