@@ -8,7 +8,8 @@
   an uninterrupted run (same per-modality token counts and losses, consumed samples continuous);
 * a second submission (``sbatch --wait``) exits 0 after resuming from the last checkpoint;
 * examples/convert_yi_to_mio.sh on a tiny stand-in for Yi-6B;
-* the multi-node command (srun per node, torchrun with c10d rendezvous at the first host).
+* the multi-node command (srun per node, torchrun with a static rendezvous at the first host and
+  each node's --node-rank; tests/test_slurm_two_nodes.py runs it on two nodes for real).
 
 The cluster is started for this module and its daemons stopped by PID afterwards.  Slurm must
 be installed (``bash ci/slurm/install.sh``, which CI runs before pytest); without it these tests
@@ -84,7 +85,7 @@ def _train_env(base: dict, data: dict, ckpt: Path, iters: int) -> dict:
     """The tiny CPU run, configured only through the script's environment variables."""
     env = {k: v for k, v in base.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
     env.update(
-        USE_CPU="1", TP="2", PP="1", MODEL="tiny", MIO_REPO=str(REPO_ROOT),
+        USE_CPU="1", TP="2", PP="1", MODEL="tiny", MIO_REPO=str(REPO_ROOT), PYTHON=sys.executable,
         STAGE_CONFIG=str(REPO_ROOT / "examples/configs/tiny_cpu.yaml"),
         LOAD_DIR="", CKPT_DIR=str(ckpt), TRAIN_ITERS=str(iters),
         EXTRA_ARGS=f"--seq-length {SEQ_LENGTH} --attention-backend torch",
@@ -229,8 +230,10 @@ def test_preempted_job_saves_requeues_and_resumes_then_resubmission_continues(
 
 
 def test_multi_node_command(slurm_env, tmp_path):
-    """Inside a 16-node allocation: one srun task per node, torchrun with a c10d rendezvous at
-    the first host from `scontrol show hostnames`, resume from CKPT_DIR, EXTRA_ARGS last."""
+    """Inside a 16-node allocation: one srun task per node, each running torchrun through
+    mio_node_exec with its own node rank, the rendezvous at the first host from `scontrol show
+    hostnames` (not a node of this cluster, so its name; a port from the job id, since this shell
+    is not on that node), resume from CKPT_DIR, EXTRA_ARGS last."""
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "latest_checkpointed_iteration.txt").write_text("100")
@@ -246,7 +249,8 @@ def test_multi_node_command(slurm_env, tmp_path):
     assert cmd.startswith("srun --nodes 16 --ntasks 16 --ntasks-per-node 1"), cmd
     assert "--cpus-per-task 96" in cmd  # the node's CPUs for its one torchrun task
     assert "--nnodes 16" in cmd and "--nproc-per-node 8" in cmd
-    assert "--rdzv-backend c10d --rdzv-endpoint gpu003:24242" in cmd
+    assert "mio_node_exec" in cmd and "examples/launch_common.sh" in cmd
+    assert r"--nnodes 16 --node-rank \$SLURM_NODEID --master-addr gpu003 --master-port 24242" in cmd
     assert f"--config {REPO_ROOT}/examples/configs/stage1.yaml" in cmd
     assert "--tensor-model-parallel-size 2 --pipeline-model-parallel-size 4" in cmd
     assert f"--tokenizer-model {tokenizer}" in cmd

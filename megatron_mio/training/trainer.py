@@ -48,6 +48,8 @@ def initialize(args) -> mio_platform.Platform:
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
+        # Every group, not only the default one: a rank waiting on a lost peer gives up then.
+        distributed_timeout_minutes=args.distributed_timeout_minutes,
     )
     seed = args.seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(seed)
