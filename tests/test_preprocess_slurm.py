@@ -12,10 +12,7 @@ never skips.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,39 +22,18 @@ from megatron_mio.data import synthetic
 from megatron_mio.data.indexed import dataset_files, open_dataset
 from megatron_mio.data.mixture import build_mixture_dataset, load_mixture
 from megatron_mio.data.preprocess import PreprocessConfig, preprocess, shard_output_prefix
+from tests.slurm_cluster import one_node_cluster, run
 
 REPO = Path(__file__).resolve().parents[1]
-CI = REPO / "ci/slurm"
 TASKS = 3
 SEQ_LENGTH = 256
-
-
-def _run(cmd, env=None, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")
 def slurm_env():
     """A one-node cluster of this module's own; yields the client environment."""
-    install = _run(["bash", str(CI / "install.sh")], timeout=600, check=False)
-    if install.returncode != 0:
-        pytest.fail("Slurm is not installed and ci/slurm/install.sh could not install it "
-                    f"(run it as root before the tests):\n{install.stdout}\n{install.stderr}")
-    state = tempfile.mkdtemp(prefix="mio-slurm-preprocess-")
-    try:
-        started = _run(["bash", str(CI / "start.sh"), state], timeout=120, check=False)
-        if started.returncode != 0:
-            pytest.fail(f"could not start the one-node Slurm cluster:\n{started.stdout}\n"
-                        f"{started.stderr}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-        env["SLURM_CONF"] = started.stdout.strip().splitlines()[-1]
+    with one_node_cluster("mio-slurm-preprocess-") as env:
         yield env
-    finally:
-        _run(["bash", str(CI / "stop.sh"), state], check=False)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def _documents(prefixes) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -85,7 +61,7 @@ def test_array_job_shards_equal_one_run(slurm_env, mio_tokenizer_dir, tmp_path):
                TOKENIZER=mio_tokenizer_dir, STAGE="2", SEQ_LENGTH=str(SEQ_LENGTH), WORKERS="1",
                MIO_REPO=str(REPO), PYTHON=sys.executable, PYTHONWARNINGS="ignore")
     log = tmp_path / "task-%a.out"
-    proc = _run(["sbatch", "--wait", f"--array=0-{TASKS - 1}", "-O", "--cpus-per-task=1",
+    proc = run(["sbatch", "--wait", f"--array=0-{TASKS - 1}", "-O", "--cpus-per-task=1",
                  "--time=10", f"--output={log}", str(REPO / "examples/preprocess.sh")],
                 env=env, cwd=tmp_path, timeout=500, check=False)
     logs = "\n".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("task-*.out")))
@@ -111,7 +87,7 @@ def test_array_job_shards_equal_one_run(slurm_env, mio_tokenizer_dir, tmp_path):
     assert packed == sum(t.size for t in single_tokens)  # every written token reaches a pack
 
     merged = tmp_path / "merged"
-    _run([sys.executable, str(REPO / "tools/merge_datasets.py"), "--input",
+    run([sys.executable, str(REPO / "tools/merge_datasets.py"), "--input",
           str(shards) + "-*", "--output-prefix", str(merged)], timeout=300)
     for suffix in (".bin", ".idx", ".loss_mask.bin", ".loss_mask.idx", ".modality_counts.npy"):
         assert Path(str(merged) + suffix).read_bytes() == Path(single + suffix).read_bytes()

@@ -22,7 +22,6 @@ say why, they never skip.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -34,9 +33,9 @@ from pathlib import Path
 import pytest
 
 from tests.distributed import REPO_ROOT
+from tests.slurm_cluster import CI, ensure_slurm_installed, latest, metrics, read, run
 
 SCRIPT = REPO_ROOT / "examples/pretrain_stage1.sh"
-CI = REPO_ROOT / "ci/slurm"
 NODES = ("mio-n1", "mio-n2")
 ITERS = 10
 GLOBAL_BATCH = 4  # examples/configs/tiny_cpu.yaml
@@ -45,20 +44,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_
             "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
-def _run(cmd, env=None, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True,
-                          timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else "(no log)"
-
-
 def _netns_names() -> set[str]:
-    return {line.split()[0] for line in _run(["ip", "netns", "list"]).stdout.splitlines() if line.strip()}
+    return {line.split()[0] for line in run(["ip", "netns", "list"]).stdout.splitlines() if line.strip()}
 
 
 def _alive(pid: int) -> bool:
@@ -86,7 +73,7 @@ def _netns_pids(state: Path) -> list[int]:
     """Every process in the cluster's namespaces (daemons, job steps, trainers)."""
     pids = []
     for line in (state / "nodes").read_text().splitlines():
-        out = _run(["ip", "netns", "pids", line.split()[1]], check=False).stdout
+        out = run(["ip", "netns", "pids", line.split()[1]], check=False).stdout
         pids += [int(pid) for pid in out.split()]
     return pids
 
@@ -97,7 +84,7 @@ def _assert_removed(state: Path, pids: list[int] = ()) -> None:
     created = [line.split()[1] for line in (state / "nodes").read_text().splitlines()]
     assert len(created) == len(NODES)
     assert not set(created) & _netns_names(), f"namespaces left: {set(created) & _netns_names()}"
-    host_addresses = _run(["ip", "-o", "addr", "show"]).stdout
+    host_addresses = run(["ip", "-o", "addr", "show"]).stdout
     assert "10.42.0." not in host_addresses, host_addresses  # (it never had them; nor has it now)
     assert not _processes_mentioning(str(state)), f"daemons left: {_processes_mentioning(str(state))}"
     assert not [pid for pid in pids if _alive(pid)], f"processes left: {[p for p in pids if _alive(p)]}"
@@ -112,7 +99,7 @@ class Cluster:
         self.env["SLURM_CONF"] = conf
 
     def on_node(self, node: str, cmd: list, env=None, **kw) -> subprocess.CompletedProcess:
-        return _run(["bash", CI / "on_node.sh", self.state, node, *cmd], env=env or self.env, **kw)
+        return run(["bash", CI / "on_node.sh", self.state, node, *cmd], env=env or self.env, **kw)
 
     def client(self, cmd: list, env=None, **kw) -> subprocess.CompletedProcess:
         return self.on_node(NODES[0], cmd, env=env, **kw)
@@ -147,13 +134,13 @@ class Cluster:
             if not fields:
                 # For a moment while it requeues a job, the controller may not show it.
                 unseen_since = unseen_since or time.time()
-                assert time.time() - unseen_since < 15, f"job {job} left the controller unseen:\n{_read(log)}"
+                assert time.time() - unseen_since < 15, f"job {job} left the controller unseen:\n{read(log)}"
                 time.sleep(0.3)
                 continue
             unseen_since = None
             if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
                 self.client(["scontrol", "update", f"JobId={job}", "StartTime=now"])
-            text = _read(log)
+            text = read(log)
             # While requeueing, a job briefly shows a terminal state: done means terminal after
             # the last run's launch has exited.
             if (fields.get("JobState") in TERMINAL and int(fields.get("Restarts", 0)) >= restarts
@@ -162,20 +149,17 @@ class Cluster:
                     f"job {job}: {fields['JobState']} exit {fields.get('ExitCode')}\n{text}"
                 return text
             time.sleep(0.3)
-        raise AssertionError(f"job {job} did not finish in {timeout}s:\n{_read(log)}")
+        raise AssertionError(f"job {job} did not finish in {timeout}s:\n{read(log)}")
 
 
 def _start(state: Path, **env) -> subprocess.CompletedProcess:
-    return _run(["bash", CI / "start_two_nodes.sh", state], env=dict(os.environ, **env),
+    return run(["bash", CI / "start_two_nodes.sh", state], env=dict(os.environ, **env),
                 timeout=180, check=False)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    install = _run(["bash", CI / "install.sh"], timeout=600, check=False)
-    if install.returncode != 0:
-        pytest.fail(f"Slurm is not installed and ci/slurm/install.sh could not install it:\n"
-                    f"{install.stdout}\n{install.stderr}")
+    ensure_slurm_installed()
     state = Path(tempfile.mkdtemp(prefix="mio-slurm2-"))
     try:
         started = _start(state)
@@ -184,11 +168,11 @@ def cluster():
         yield Cluster(state, started.stdout.strip().splitlines()[-1])
         running = _netns_pids(state)
         assert running, "no process in the nodes' namespaces"
-        stopped = _run(["bash", CI / "stop_two_nodes.sh", state], check=False)
+        stopped = run(["bash", CI / "stop_two_nodes.sh", state], check=False)
         assert stopped.returncode == 0, stopped.stderr
         _assert_removed(state, running)
     finally:
-        _run(["bash", CI / "stop_two_nodes.sh", state], check=False)
+        run(["bash", CI / "stop_two_nodes.sh", state], check=False)
         shutil.rmtree(state, ignore_errors=True)
 
 
@@ -200,7 +184,7 @@ def stage1_data(tmp_path_factory, mio_tokenizer_dir):
     root = tmp_path_factory.mktemp("stage1_data")
     corpus = write_sample_corpus(root / "corpus", seed=0)
     prefix = root / "stage1"
-    _run([sys.executable, REPO_ROOT / "tools/preprocess_data.py", "--input", corpus["pretrain"],
+    run([sys.executable, REPO_ROOT / "tools/preprocess_data.py", "--input", corpus["pretrain"],
           "--output-prefix", prefix, "--tokenizer", mio_tokenizer_dir, "--stage", "1",
           "--seq-length", str(SEQ_LENGTH)], cwd=REPO_ROOT, timeout=300,
          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))  # this tree's package, not an installed one
@@ -221,17 +205,6 @@ def _train_env(base: dict, data: dict, ckpt: Path, procs_per_node: int, extra: s
         PYTHONWARNINGS="ignore", **data, **settings,
     )
     return env
-
-
-def _metrics(ckpt: Path) -> list[dict]:
-    path = ckpt / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _latest(ckpt: Path) -> int:
-    return int((ckpt / "latest_checkpointed_iteration.txt").read_text())
 
 
 def _same_as_reference(records: list[dict], reference: list[dict]) -> None:
@@ -257,10 +230,10 @@ def reference(tmp_path_factory, stage1_data):
     ckpt = tmp_path_factory.mktemp("reference")
     base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env = _train_env(base, stage1_data, ckpt, procs_per_node=4)
-    proc = _run(["bash", SCRIPT], env=env, timeout=400, check=False, cwd=REPO_ROOT)
+    proc = run(["bash", SCRIPT], env=env, timeout=400, check=False, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     assert "launcher=local nodes=1 procs/node=4" in proc.stderr
-    records = _metrics(ckpt)
+    records = metrics(ckpt)
     assert [r["iteration"] for r in records] == list(range(1, ITERS + 1))
     return records
 
@@ -276,7 +249,7 @@ def test_start_failure_and_stop_leave_nothing_behind(cluster):
         assert "removing what was created" in started.stderr
         _assert_removed(state)
     finally:
-        _run(["bash", CI / "stop_two_nodes.sh", state], check=False)
+        run(["bash", CI / "stop_two_nodes.sh", state], check=False)
         shutil.rmtree(state, ignore_errors=True)
     assert len(cluster.client(["sinfo", "-h", "-N"]).stdout.splitlines()) == len(NODES)
 
@@ -288,10 +261,10 @@ def test_two_node_job_matches_one_node_and_resumes_on_one_node(cluster, stage1_d
     log = tmp_path / "two_nodes.out"
     text = cluster.wait(cluster.sbatch(env, log, "--nodes=2"), log)
     _assert_two_node_launch(text)
-    records = _metrics(ckpt)
+    records = metrics(ckpt)
     assert [r["iteration"] for r in records] == list(range(1, half + 1))
     _same_as_reference(records, reference)
-    assert _latest(ckpt) == half
+    assert latest(ckpt) == half
     assert sorted(p.name for p in (ckpt / f"iter_{half:07d}").glob("__*_0.distcp")) == \
         [f"__{rank}_0.distcp" for rank in range(4)]  # every rank of both nodes wrote its shard
 
@@ -302,7 +275,7 @@ def test_two_node_job_matches_one_node_and_resumes_on_one_node(cluster, stage1_d
     text = cluster.wait(cluster.sbatch(env, log, "--nodes=1", f"--nodelist={NODES[0]}"), log)
     assert f"resuming from {ckpt} (iteration {half})" in text
     assert "launcher=srun nodes=1 procs/node=4" in text
-    records = _metrics(ckpt)
+    records = metrics(ckpt)
     assert [r["iteration"] for r in records] == list(range(1, ITERS + 1))
     _same_as_reference(records, reference)
 
@@ -313,9 +286,9 @@ def test_usr1_reaches_both_nodes_which_save_requeue_and_resume(cluster, stage1_d
     env = _train_env(cluster.env, stage1_data, ckpt, procs_per_node=2)
     job = cluster.sbatch(env, log, "--nodes=2")
     deadline = time.time() + 300
-    while not any(r["iteration"] >= 2 for r in _metrics(ckpt)):
-        assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING"), f"job ended early:\n{_read(log)}"
-        assert time.time() < deadline, f"no training progress:\n{_read(log)}"
+    while not any(r["iteration"] >= 2 for r in metrics(ckpt)):
+        assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING"), f"job ended early:\n{read(log)}"
+        assert time.time() < deadline, f"no training progress:\n{read(log)}"
         time.sleep(0.1)
     # The warning --signal=B:USR1@N sends, to the batch shell on the first node.
     cluster.client(["scancel", "--signal=USR1", "--batch", job])
@@ -325,13 +298,13 @@ def test_usr1_reaches_both_nodes_which_save_requeue_and_resume(cluster, stage1_d
     # srun relayed the signal to both nodes: each of the four trainers received it.
     assert text.count("received SIGUSR1") == 4, text
 
-    records = _metrics(ckpt)
+    records = metrics(ckpt)
     iterations = [r["iteration"] for r in records]
     assert iterations == list(range(1, ITERS + 1)), iterations  # every iteration exactly once
     assert [r["consumed_samples"] for r in records] == [GLOBAL_BATCH * i for i in iterations]
     saved = sorted(int(p.name.removeprefix("iter_")) for p in ckpt.glob("iter_*"))
     preempted_at = saved[0]
-    assert 2 <= preempted_at < ITERS and saved == [preempted_at, ITERS] and _latest(ckpt) == ITERS, saved
+    assert 2 <= preempted_at < ITERS and saved == [preempted_at, ITERS] and latest(ckpt) == ITERS, saved
     assert f"resuming from {ckpt} (iteration {preempted_at})" in text
     _same_as_reference(records, reference)
 
@@ -347,19 +320,19 @@ def test_lost_node_fails_the_job_fast_and_resubmission_resumes(cluster, stage1_d
     job = cluster.sbatch(env, log, "--nodes=2", "--no-requeue")
     deadline = time.time() + 300
     while not ((ckpt / "latest_checkpointed_iteration.txt").exists()
-               and any(r["iteration"] >= 4 for r in _metrics(ckpt))):
-        assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING"), f"job ended early:\n{_read(log)}"
-        assert time.time() < deadline, f"no checkpoint:\n{_read(log)}"
+               and any(r["iteration"] >= 4 for r in metrics(ckpt))):
+        assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING"), f"job ended early:\n{read(log)}"
+        assert time.time() < deadline, f"no checkpoint:\n{read(log)}"
         time.sleep(0.1)
 
     lost_at = time.time()
-    _run(["bash", CI / "lose_node.sh", cluster.state, NODES[1]])
+    run(["bash", CI / "lose_node.sh", cluster.state, NODES[1]])
     # The survivors wait on a peer that never answers.  The job must end before the trainers'
     # distributed timeout (1 minute) would end it: Slurm declares the silent node DOWN after
     # SlurmdTimeout (10 s in ci/slurm) and ends the job with NODE_FAIL.
     while (fields := cluster.job(job)).get("JobState") not in TERMINAL:
         assert time.time() - lost_at < 60, \
-            f"job still {fields.get('JobState')} 60 s after losing a node:\n{_read(log)}"
+            f"job still {fields.get('JobState')} 60 s after losing a node:\n{read(log)}"
         time.sleep(0.3)
     took = time.time() - lost_at
     assert fields["JobState"] == "NODE_FAIL", fields
@@ -367,15 +340,15 @@ def test_lost_node_fails_the_job_fast_and_resubmission_resumes(cluster, stage1_d
     assert f"{NODES[1]} down" in sinfo, sinfo
     print(f"job {job} ended {fields['JobState']} {took:.1f} s after {NODES[1]} was lost")
 
-    last_complete = _latest(ckpt)
+    last_complete = latest(ckpt)
     assert last_complete in (3, 6, 9), last_complete
-    before = len(_metrics(ckpt))
+    before = len(metrics(ckpt))
     # Resubmitted on the node that is left, all four processes there.
     env = _train_env(cluster.env, stage1_data, ckpt, procs_per_node=4, SAVE_INTERVAL="3")
     log2 = tmp_path / "resubmitted.out"
     text = cluster.wait(cluster.sbatch(env, log2, "--nodes=1", f"--nodelist={NODES[0]}"), log2)
     assert f"resuming from {ckpt} (iteration {last_complete})" in text
-    resumed = _metrics(ckpt)[before:]
+    resumed = metrics(ckpt)[before:]
     assert [r["iteration"] for r in resumed] == list(range(last_complete + 1, ITERS + 1))
     _same_as_reference(resumed, reference)
-    assert _latest(ckpt) == ITERS
+    assert latest(ckpt) == ITERS
