@@ -24,6 +24,7 @@ from megatron.core.transformer.module import Float16Module
 
 from megatron_mio import platform as mio_platform
 from megatron_mio.model import build_gpt_model, build_transformer_config
+from megatron_mio.model.vocab_padding import mask_vocab_padding
 from megatron_mio.training import data as mio_data
 from megatron_mio.training.arguments import model_preset, parse_args
 from megatron_mio.training.checkpointing import Checkpointer, padded_vocab_for_load, saved_layout
@@ -103,6 +104,7 @@ def build_model(args, preset, plat) -> list[DistributedDataParallel]:
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
             vp_stage=vp_stage,
         )
+        mask_vocab_padding(module, args.true_vocab_size)
         module.to(plat.device)
         if args.bf16 or args.fp16:
             module = Float16Module(config, module)
