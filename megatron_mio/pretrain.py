@@ -4,6 +4,7 @@ Launch one process per GPU with torchrun (or srun + torchrun); ``--use-cpu`` run
 gloo.  Every flag is described by ``--help`` (``megatron_mio/training/arguments.py``).
 """
 
+import os
 import sys
 
 from megatron_mio.training.arguments import ConfigError
@@ -15,7 +16,10 @@ def main(argv=None) -> int:
     try:
         pretrain(argv)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # Every rank finds the same mistake (arguments and files are checked before the ranks
+        # meet), so one rank says it: one line, no traceback.
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     return 0
 

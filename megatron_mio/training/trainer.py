@@ -27,9 +27,10 @@ from megatron_mio.model import build_gpt_model, build_transformer_config
 from megatron_mio.model.vocab_padding import mask_vocab_padding
 from megatron_mio.training import data as mio_data
 from megatron_mio.training.arguments import model_preset, parse_args
-from megatron_mio.training.checkpointing import Checkpointer, padded_vocab_for_load, saved_layout
+from megatron_mio.training.checkpointing import Checkpointer, find_checkpoint, padded_vocab_for_load
 from megatron_mio.training.metrics import CountingIterator, IntervalStats, MetricsLogger
 from megatron_mio.training.optimizer import build_optimizer, build_scheduler, optimizer_step
+from megatron_mio.training.resume import check_schedule
 from megatron_mio.training.signals import ExitSignal
 from megatron_mio.training.step import forward_step
 
@@ -189,12 +190,14 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     args = parse_args(argv)
+    resume = find_checkpoint(args)  # files only: a bad --load fails before any rank starts up
+    check_schedule(args, resume)
     plat = initialize(args)
     preset = model_preset(args)
     args.true_vocab_size = mio_data.tokenizer_vocab_size(args)
     args.padded_vocab_size = padded_vocab_for_load(
         args.true_vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size,
-        saved_layout(args.load),
+        resume.layout if resume else None,
     )
     table = mio_data.modality_table(args)
 
@@ -203,7 +206,7 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     scheduler = build_scheduler(args, optimizer)
     _wire_schedule_hooks(args, model, optimizer)
     checkpointer = Checkpointer(args)
-    iteration, consumed = (checkpointer.load(model, optimizer, scheduler) if args.load else (0, 0))
+    iteration, consumed = (checkpointer.load(model, optimizer, scheduler, resume) if resume else (0, 0))
     if args.finetune:  # weights from the checkpoint, everything else fresh
         iteration, consumed = 0, 0
 
@@ -220,7 +223,7 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     exit_signal = ExitSignal(args.exit_signal_handler, plat.device)
     stats = IntervalStats()
     skipped_total = skipped_in_a_row = 0
-    last_saved = iteration if args.load and not args.finetune else None
+    last_saved = iteration if resume and not args.finetune else None
     start = time.time()
     stop_reason = "train-iters"
 
