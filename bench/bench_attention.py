@@ -75,7 +75,7 @@ def main():
         hidden_size=args.heads * args.head_dim, num_attention_heads=args.heads,
         num_query_groups=args.groups,
     )
-    config = build_transformer_config(preset, fused_kernels=False)
+    config = build_transformer_config(preset)
 
     s = args.seq_length
     bounds = document_bounds(s, args.docs, seed=0)

@@ -51,6 +51,7 @@ def run_ours(args, preset) -> dict:
                "--seq-length", str(args.seq_length), "--micro-batch-size", str(args.micro_batch_size),
                "--global-batch-size", str(args.micro_batch_size), "--train-iters", str(args.steps),
                "--lr", "1e-5", "--log-interval", "1", "--metrics-file", str(metrics), "--no-exit-signal-handler"]
+        cmd += list(getattr(args, "extra", []))
         if args.device == "cpu":
             cmd += ["--use-cpu"]
         else:

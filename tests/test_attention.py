@@ -208,7 +208,7 @@ def test_a_causal_mask_type_for_the_dense_mask_is_refused_at_build(megatron_worl
 
     spec = layer_spec("local")
     spec.submodules.self_attention.params["attn_mask_type"] = AttnMaskType.causal
-    config = build_transformer_config(get_preset("tiny"), fused_kernels=False)
+    config = build_transformer_config(get_preset("tiny"))
     with pytest.raises(ValueError, match="fused softmax drops the document mask"):
         GPTModel(config, spec, 256, 64)
 
@@ -219,7 +219,7 @@ def test_a_model_from_a_stock_spec_is_refused(megatron_world):
     from megatron_mio.model import build_transformer_config, get_preset
     from megatron_mio.model.attention import check_document_masking
 
-    config = build_transformer_config(get_preset("tiny"), fused_kernels=False)
+    config = build_transformer_config(get_preset("tiny"))
     stock = GPTModel(config, get_gpt_layer_local_spec(normalization="RMSNorm"), 256, 64)
     with pytest.raises(ValueError, match="does not take document boundaries"):
         check_document_masking(stock)

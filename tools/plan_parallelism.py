@@ -19,9 +19,10 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from megatron_mio.model.presets import PRESETS, get_preset  # noqa: E402
+from megatron_mio.tokenizer.vocab import MIO_VOCAB_SIZE_FOR_YI  # noqa: E402
 from megatron_mio.training import memory_plan as mp  # noqa: E402
 
-MIO_VOCAB = 64_000 + 12_292  # Yi's SentencePiece vocabulary + MIO's image/speech tokens
+MIO_VOCAB = MIO_VOCAB_SIZE_FOR_YI
 
 
 def parse_args(argv=None):

@@ -63,8 +63,7 @@ def _load_model_chunk(checkpoint_dir, description: dict, tp: int, pp: int, backe
 
     preset = preset_of(description)
     padded = description.get("padded_vocab_size") or padded_vocab_size(description["vocab_size"], 128, tp)
-    config = build_transformer_config(preset, tensor_parallel_size=tp, pipeline_parallel_size=pp,
-                                      fused_kernels=False)
+    config = build_transformer_config(preset, tensor_parallel_size=tp, pipeline_parallel_size=pp)
     model = build_gpt_model(
         config, preset, padded, attention_backend=backend,
         pre_process=parallel_state.is_pipeline_first_stage(),

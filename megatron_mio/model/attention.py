@@ -38,7 +38,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_mio.data.batch import document_causal_mask
-from megatron_mio.model.document_attention import DocumentAttention, document_packed_seq_params
+from megatron_mio.model.document_attention import DocumentAttention, document_packed_seq_params, require_host_tensor
 
 BACKENDS = ("te", "torch", "local")
 
@@ -165,16 +165,19 @@ def layer_spec(backend: str) -> ModuleSpec:
     raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
 
 
-def attention_kwargs(cu_seqlens, seq_length: int, backend: str) -> dict:
+def attention_kwargs(cu_seqlens, seq_length: int, backend: str, device=None) -> dict:
     """What GPTModel.forward needs, besides ids and positions, to keep documents apart.
 
-    ``cu_seqlens`` is the batch's ``int32 [b, L]`` tensor on the model's device.
+    ``cu_seqlens`` is the *host* copy of the batch's ``int32 [b, L]`` tensor: boundaries are read
+    before the batch goes to the GPU, so no micro-batch waits on the device.  The results are on
+    ``device`` (default: the CPU).
     """
     if backend == "local":
-        return {"attention_mask": document_causal_mask(cu_seqlens, seq_length)}
+        require_host_tensor(cu_seqlens, "cu_seqlens")
+        return {"attention_mask": document_causal_mask(cu_seqlens, seq_length).to(device or "cpu", non_blocking=True)}
     if backend in ("torch", "te"):
         return {"attention_mask": None,
-                "packed_seq_params": document_packed_seq_params(cu_seqlens, seq_length)}
+                "packed_seq_params": document_packed_seq_params(cu_seqlens, seq_length, device)}
     raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
 
 

@@ -16,9 +16,10 @@ Layouts (what megatron's SelfAttention hands over):
 * ``qkv_format="thd"`` (micro-batch of one, flattened): query ``[t, heads, dim]``, output
   ``[t, heads*dim]``; megatron restarts RoPE positions at every document from ``cu_seqlens``.
 
-The kernel is chosen in one place, :func:`document_attention_kernel`, from the tensor itself:
-on CUDA in fp16/bf16, torch's varlen flash attention when this torch has it; else on CUDA,
-compiled FlexAttention with a document block mask; else (the CPU) SDPA called per document.
+The kernel is chosen in one place, :func:`choose_kernel`, from the tensors and what imports:
+on CUDA in fp16/bf16, torch's varlen flash attention when this torch has it (for GQA only where
+it takes ``enable_gqa``); else on CUDA, compiled FlexAttention with a document block mask; else
+(the CPU) SDPA called per document.
 All of them compute the same function; the tests compare them with the dense-mask reference.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -44,18 +46,29 @@ from megatron_mio.data.batch import valid_cu_seqlens
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
 
 
-def document_packed_seq_params(cu_seqlens: torch.Tensor, seq_length: int) -> PackedSeqParams:
+def require_host_tensor(tensor: torch.Tensor, name: str) -> None:
+    """Boundaries are read on the host: reading them from a GPU tensor would stall the stream."""
+    if tensor.device.type != "cpu":
+        raise ValueError(
+            f"{name} must be the host copy of the batch (got a tensor on {tensor.device}): reading "
+            "document boundaries from the device synchronises it on every micro-batch"
+        )
+
+
+def document_packed_seq_params(cu_seqlens: torch.Tensor, seq_length: int, device=None) -> PackedSeqParams:
     """PackedSeqParams (``sbhd``) for a micro-batch of packs, from the batch's ``cu_seqlens``.
 
-    ``cu_seqlens`` is the batch contract's ``int32 [b, L]`` (``-1`` padded, each row ``0 .. s``).
+    ``cu_seqlens`` is the host copy of the batch contract's ``int32 [b, L]`` (``-1`` padded, each
+    row ``0 .. s``); the result lives on ``device`` (default: the CPU), copied without waiting.
     Rows are concatenated batch-major into one boundary list over ``b * s`` tokens.
     ``max_seqlen_*`` is ``s``: megatron sizes the RoPE table from it, and the global positions
     of the sbhd layout run up to ``s - 1``; for the kernels it is a valid upper bound.
     """
     if cu_seqlens.dim() != 2:
         raise ValueError(f"cu_seqlens must be [batch, L]; got shape {tuple(cu_seqlens.shape)}")
+    require_host_tensor(cu_seqlens, "cu_seqlens")
     rows = []
-    for index, row in enumerate(cu_seqlens.cpu()):
+    for index, row in enumerate(cu_seqlens):
         bounds = valid_cu_seqlens(row).to(torch.int64)
         if bounds.numel() < 2 or bounds[0] != 0 or bounds[-1] != seq_length:
             raise ValueError(
@@ -66,7 +79,8 @@ def document_packed_seq_params(cu_seqlens: torch.Tensor, seq_length: int) -> Pac
             raise ValueError(f"cu_seqlens row {index} is not non-decreasing: {bounds.tolist()}")
         rows.append(bounds[1:] + index * seq_length)
     flat = torch.cat([torch.zeros(1, dtype=torch.int64)] + rows).to(torch.int32)
-    flat = flat.to(cu_seqlens.device)
+    if device is not None and torch.device(device).type != "cpu":
+        flat = flat.pin_memory().to(device, non_blocking=True)
     return PackedSeqParams(
         qkv_format="sbhd",
         cu_seqlens_q=flat,
@@ -150,46 +164,88 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@dataclass(frozen=True)
+class VarlenSignature:
+    """How one torch release spells ``torch.nn.attention.varlen.varlen_attn``.
+
+    * 2.9: ``(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None)``: no scale;
+    * 2.10, 2.11: ``..., *, return_aux, scale, window_size``; causal is ``window_size=(-1, 0)``;
+    * 2.12 and later: also ``enable_gqa``.
+    """
+
+    causal: dict
+    takes_scale: bool
+    takes_gqa: bool
+
+    @classmethod
+    def of(cls, varlen_attn) -> "VarlenSignature | None":
+        parameters = inspect.signature(varlen_attn).parameters
+        if "is_causal" in parameters:
+            causal = {"is_causal": True}
+        elif "window_size" in parameters:
+            causal = {"window_size": (-1, 0)}
+        else:
+            return None
+        return cls(causal, "scale" in parameters, "enable_gqa" in parameters)
+
+
+def varlen_kernel(varlen_attn, signature: VarlenSignature) -> Kernel:
+    """A :data:`Kernel` over ``varlen_attn`` for the signature it has."""
+
+    def attend(q, k, v, cu_seqlens, max_seqlen, scale):
+        kwargs = dict(signature.causal)
+        if signature.takes_scale:
+            kwargs["scale"] = scale
+        elif not math.isclose(scale, 1.0 / math.sqrt(q.size(-1))):
+            q = q * (scale * math.sqrt(q.size(-1)))  # the kernel applies 1/sqrt(dim) itself
+        if q.size(1) != k.size(1):
+            if signature.takes_gqa:
+                kwargs["enable_gqa"] = True
+            else:  # only chosen when no GQA-capable kernel exists (see choose_kernel)
+                k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+                v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, int(max_seqlen), int(max_seqlen), **kwargs)
+
+    return attend
+
+
 @functools.cache
-def _varlen_attention():
-    """torch's varlen flash attention and how this torch spells 'causal', or None."""
+def _installed_varlen() -> tuple | None:
+    """torch's varlen flash attention and its signature, or None when this torch has none."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    parameters = inspect.signature(varlen_attn).parameters
-    if "is_causal" in parameters:
-        causal = {"is_causal": True}
-    elif "window_size" in parameters:
-        causal = {"window_size": (-1, 0)}
-    else:
-        return None
-    return varlen_attn, causal, "enable_gqa" in parameters
+    signature = VarlenSignature.of(varlen_attn)
+    return None if signature is None else (varlen_attn, signature)
 
 
-def varlen_document_attention(q, k, v, cu_seqlens, max_seqlen, scale):
-    """torch.nn.attention.varlen: flash attention over cu_seqlens (CUDA, fp16/bf16)."""
-    varlen_attn, causal, has_gqa = _varlen_attention()
-    gqa = {}
-    if q.size(1) != k.size(1):
-        if has_gqa:
-            gqa = {"enable_gqa": True}
-        else:
-            k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
-            v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
-    return varlen_attn(
-        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale, **causal, **gqa
-    )
+def choose_kernel(device_type: str, dtype: torch.dtype, grouped: bool, varlen: tuple | None,
+                  has_flex: bool) -> Kernel:
+    """The kernel for a query on ``device_type`` in ``dtype`` (``grouped``: fewer K/V heads).
 
-
-def document_attention_kernel(query: torch.Tensor) -> Kernel:
-    """The one place that picks the kernel, from the device and dtype of the query."""
-    if query.device.type == "cuda":
-        if query.dtype in (torch.float16, torch.bfloat16) and _varlen_attention() is not None:
-            return varlen_document_attention
-        if _has_flex_attention():
+    Flash (varlen) needs CUDA and fp16/bf16.  A varlen without ``enable_gqa`` (torch 2.9-2.11)
+    would need K/V copied once per query head and kept for backward; FlexAttention takes the
+    groups natively, so it is preferred there for GQA models.
+    """
+    if device_type == "cuda":
+        flash_dtype = dtype in (torch.float16, torch.bfloat16)
+        if flash_dtype and varlen is not None and (varlen[1].takes_gqa or not grouped or not has_flex):
+            return varlen_kernel(*varlen)
+        if has_flex:
             return flex_document_attention
     return sdpa_per_document
+
+
+def document_attention_kernel(query: torch.Tensor, key: torch.Tensor | None = None) -> Kernel:
+    """The kernel for these tensors (see :func:`choose_kernel`), chosen once per kind of call."""
+    grouped = key is not None and key.size(-2) != query.size(-2)
+    return _installed_kernel(query.device.type, query.dtype, grouped)
+
+
+@functools.cache
+def _installed_kernel(device_type: str, dtype: torch.dtype, grouped: bool) -> Kernel:
+    return choose_kernel(device_type, dtype, grouped, _installed_varlen(), _has_flex_attention())
 
 
 @functools.cache
@@ -253,7 +309,7 @@ class DocumentAttention(MegatronModule):
         packed_seq_params: PackedSeqParams | None = None,
     ) -> torch.Tensor:
         cu_seqlens = _document_boundaries(packed_seq_params, attention_mask, attention_bias)
-        kernel = document_attention_kernel(query)
+        kernel = document_attention_kernel(query, key)
         if packed_seq_params.qkv_format == "thd":
             # [t, heads, dim] already, megatron squeezed the dummy batch dimension.
             _check_token_count(cu_seqlens, query.size(0))

@@ -12,6 +12,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
 from megatron_mio.model.attention import check_document_masking, layer_spec
+from megatron_mio.model.fusions import NO_FUSIONS, Fusions
 from megatron_mio.model.presets import ModelPreset
 
 
@@ -26,14 +27,15 @@ def build_transformer_config(
     recompute_granularity: str | None = None,
     recompute_method: str | None = None,
     recompute_num_layers: int | None = None,
-    fused_kernels: bool = True,
+    fusions: Fusions = NO_FUSIONS,
     deterministic_init: bool = False,
 ) -> TransformerConfig:
     """A TransformerConfig with Llama semantics (RMSNorm, SwiGLU, GQA, no biases).
 
-    ``fused_kernels`` is False on the CPU, where megatron's fused bias/softmax/rope kernels
-    (CUDA or apex) do not exist.  ``deterministic_init`` initialises every weight on the CPU as
-    the unsplit master weight, so any TP layout starts from the same numbers for a given seed.
+    ``fusions`` come from :func:`megatron_mio.model.fusions.plan_fusions` (what imports);
+    the default, none, is the plain reference the parity tests use.  ``deterministic_init``
+    initialises every weight on the CPU as the unsplit master weight, so any TP layout starts
+    from the same numbers for a given seed.
     """
     dtype = torch.bfloat16 if bf16 else torch.float32
     return TransformerConfig(
@@ -53,12 +55,7 @@ def build_transformer_config(
         hidden_dropout=0.0,
         attention_dropout=0.0,
         attention_softmax_in_fp32=True,
-        bias_activation_fusion=fused_kernels,
-        bias_dropout_fusion=fused_kernels,
-        masked_softmax_fusion=fused_kernels,
-        apply_rope_fusion=False,
-        persist_layer_norm=fused_kernels,
-        gradient_accumulation_fusion=False,
+        **fusions.config_fields(),
         tensor_model_parallel_size=tensor_parallel_size,
         pipeline_model_parallel_size=pipeline_parallel_size,
         virtual_pipeline_model_parallel_size=virtual_pipeline_parallel_size,

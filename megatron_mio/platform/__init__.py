@@ -29,6 +29,40 @@ def cpu_requested(flag: bool = False) -> bool:
     return bool(flag) or os.environ.get(ENV_USE_CPU, "") not in ("", "0")
 
 
+def cpu_redirection_enabled() -> bool:
+    """Whether this process runs megatron-core on the CPU (``torch.cuda`` calls redirected)."""
+    import sys
+
+    cpu = sys.modules.get("megatron_mio.platform.cpu")
+    return bool(cpu is not None and cpu.is_enabled())
+
+
+def local_device_index(environ=os.environ, device_count: int | None = None) -> int:
+    """This process's GPU on its node: ``LOCAL_RANK`` modulo the GPUs it can see.
+
+    The modulo keeps launchers that give each task one visible GPU (``CUDA_VISIBLE_DEVICES`` per
+    rank, as some Slurm set-ups do) working, where ``LOCAL_RANK`` would point past the device list.
+    """
+    count = torch.cuda.device_count() if device_count is None else device_count
+    return int(environ.get("LOCAL_RANK", "0")) % max(count, 1)
+
+
+def check_rendezvous(environ=os.environ) -> None:
+    """Refuse a world of one where Slurm started several tasks without torchrun.
+
+    A bare ``srun -n 8 python -m megatron_mio.pretrain`` gives each task no ``RANK``; joining a
+    world of one there would train eight independent models, each believing it is alone.
+    """
+    if "RANK" in environ:
+        return
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS") or 1)
+    if tasks > 1:
+        raise RuntimeError(
+            f"Slurm started {tasks} tasks of this step but none has a torchrun rendezvous (RANK is unset): "
+            "launch one torchrun per node (examples/launch_common.sh), or srun a single task"
+        )
+
+
 def setup(use_cpu: bool = False) -> Platform:
     """Choose the device and backend for this process; on CPU, enable the redirection."""
     use_cpu = cpu_requested(use_cpu)
@@ -41,9 +75,9 @@ def setup(use_cpu: bool = False) -> Platform:
         raise RuntimeError(
             "no CUDA device is visible; pass --use-cpu (or set MIO_USE_CPU=1) to run on the CPU"
         )
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    torch.cuda.set_device(local_rank)
-    return Platform(device=torch.device("cuda", local_rank), backend="nccl", use_cpu=False)
+    index = local_device_index()
+    torch.cuda.set_device(index)
+    return Platform(device=torch.device("cuda", index), backend="nccl", use_cpu=False)
 
 
 def init_distributed(platform: Platform, timeout_minutes: int = 30) -> None:
@@ -54,6 +88,7 @@ def init_distributed(platform: Platform, timeout_minutes: int = 30) -> None:
     """
     if torch.distributed.is_initialized():
         return
+    check_rendezvous()
     kwargs = {}
     if not platform.use_cpu:
         kwargs["device_id"] = platform.device

@@ -19,6 +19,7 @@ import os
 import yaml
 
 from megatron_mio.model.attention import BACKENDS, available_backends, default_backend
+from megatron_mio.model.fusions import FUSION_FLAGS
 from megatron_mio.model.presets import PRESETS, ModelPreset, get_preset
 
 # Every ModelPreset field has a flag of the same name that overrides the preset.
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--recompute-granularity", default=None, choices=["full", "selective"])
     g.add_argument("--recompute-method", default=None, choices=["uniform", "block"])
     g.add_argument("--recompute-num-layers", type=int, default=None)
+    for flag, field in FUSION_FLAGS.items():
+        g.add_argument(f"--no-{flag}", action="store_true",
+                       help=f"do not use {field} even where its kernel imports (megatron_mio.model.fusions)")
 
     g = parser.add_argument_group("data")
     g.add_argument("--data-path", nargs="*", default=None, help="Megatron-style [weight] prefix [weight prefix ...]")
@@ -143,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-save-rng", action="store_true")
     g.add_argument("--async-save", action="store_true", help="write checkpoints in a background process")
     g.add_argument("--ckpt-format", default="torch_dist", choices=["torch_dist"])
+    g.add_argument("--dist-ckpt-optim-fully-reshardable", action="store_true",
+                   help="save the distributed optimizer so that a resume may change TP/PP (gathers the "
+                        "whole optimizer state of a model-parallel rank on one host); default: "
+                        "dp_reshardable, each rank writes its own shard (resume may change DP only)")
 
     g = parser.add_argument_group("logging")
     g.add_argument("--log-interval", type=int, default=1)
@@ -234,6 +242,11 @@ def parse_args(argv: list[str] | None = None, world_size: int | None = None) -> 
     return finalize(args, world_size)
 
 
+def refused_fusions(args: argparse.Namespace) -> tuple[str, ...]:
+    """The fusions the ``--no-*-fusion`` flags turn off."""
+    return tuple(field for flag, field in FUSION_FLAGS.items() if getattr(args, "no_" + flag.replace("-", "_")))
+
+
 def model_preset(args: argparse.Namespace) -> ModelPreset:
     """--model-preset with every model flag that was given applied on top."""
     overrides = {field: getattr(args, field) for field in MODEL_OVERRIDES}
@@ -269,6 +282,10 @@ def finalize(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ConfigError("--train-iters is required (in the flags or the --config file)")
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive")
+    if args.bf16:
+        # Megatron-LM's rule: bf16 gradients lose too much when summed over micro-batches and
+        # data-parallel ranks in bf16 (stage I sums 16 micro-batches over 128 ranks).
+        args.accumulate_allreduce_grads_in_fp32 = True
     preset = model_preset(args)
     args.virtual_pipeline_model_parallel_size = None
     if args.num_layers_per_virtual_pipeline_stage is not None:

@@ -11,7 +11,12 @@ State-dict keys (what ``iter_N`` holds):
 - ``model`` (``model0``, ``model1``, ... with a virtual pipeline): ``GPTModel.sharded_state_dict()``
   (``embedding.word_embeddings.weight``, ``decoder.layers.{i}.…``, ``decoder.final_layernorm.weight``,
   ``output_layer.weight``; global layer numbers, TP shards stitched), so any TP/PP reloads it.
-- ``optimizer``: the (distributed) optimizer, distributed optimizer saved ``fully_reshardable``.
+- ``optimizer``: the (distributed) optimizer.  The distributed optimizer is saved
+  ``dp_reshardable`` (each rank writes its own shard; a resume may change the data-parallel size
+  only), or ``fully_reshardable`` with ``--dist-ckpt-optim-fully-reshardable`` (every data-parallel
+  rank gathers the whole optimizer state of its model-parallel shard, 12 bytes per parameter, so
+  that a resume may also change TP/PP; see docs/benchmarks.md for the memory of each).  The format
+  is recorded in the checkpoint's content metadata and a load always reads it from there.
 - ``opt_param_scheduler``: the LR / weight-decay schedule.
 - ``rng_state``: per (PP, TP) rank Python/numpy/torch/device RNG and megatron's RNG tracker.
 - ``iteration``, ``consumed_samples``, ``checkpoint_version``, ``args`` (layout and model shape).
@@ -47,7 +52,19 @@ log = logging.getLogger(__name__)
 
 TRACKER = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 3.0
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+DP_RESHARDABLE = {"distrib_optim_sharding_type": "dp_reshardable"}
+FULLY_RESHARDABLE = {"distrib_optim_sharding_type": "fully_reshardable"}
+_LAYOUT_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
+
+
+def optimizer_metadata(fully_reshardable: bool) -> dict:
+    """How the distributed optimizer's state is laid out in a checkpoint this run saves."""
+    return dict(FULLY_RESHARDABLE if fully_reshardable else DP_RESHARDABLE)
+
+
+def saved_optimizer_metadata(directory: str) -> dict:
+    """The optimizer layout recorded in a checkpoint (older ones were all fully reshardable)."""
+    return dist_checkpointing.load_content_metadata(directory) or dict(FULLY_RESHARDABLE)
 
 
 def iteration_dir(root: str, iteration: int) -> str:
@@ -80,11 +97,19 @@ def model_keys(num_chunks: int) -> list[str]:
     return ["model"] if num_chunks == 1 else [f"model{i}" for i in range(num_chunks)]
 
 
+def _rng_device_type() -> str:
+    """Which generator ``torch.cuda``'s RNG calls reach here: the GPU's, or (--use-cpu) the CPU's."""
+    from megatron_mio.platform import cpu_redirection_enabled
+
+    return "cpu" if cpu_redirection_enabled() else "cuda"
+
+
 def _rng_state() -> dict:
     return {
         "random": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
+        "device_type": _rng_device_type(),
         "device": torch.cuda.get_rng_state(),
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
@@ -94,6 +119,13 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["random"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    saved_on = state.get("device_type", "cuda")
+    if saved_on != _rng_device_type():
+        # A CUDA generator state is a (seed, offset) pair, a CPU one a Mersenne twister: neither
+        # loads into the other (torch.cuda.set_rng_state raises), so the device streams restart.
+        log.warning("the checkpoint's device RNG state was saved on %s, this run uses %s: device RNG "
+                    "streams (dropout) are re-seeded, not restored", saved_on, _rng_device_type())
+        return
     torch.cuda.set_rng_state(state["device"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
@@ -244,7 +276,8 @@ def padded_vocab_for_load(vocab_size: int, divisible_by: int, tensor_parallel_si
     return own
 
 
-def sharded_state_dict(args, model, optimizer=None, scheduler=None, *, is_loading=False, rng=True) -> dict:
+def sharded_state_dict(args, model, optimizer=None, scheduler=None, *, is_loading=False, rng=True,
+                       optimizer_meta: dict | None = None) -> dict:
     chunks = unwrap_model(model)
     state = {}
     model_state = {}
@@ -253,7 +286,8 @@ def sharded_state_dict(args, model, optimizer=None, scheduler=None, *, is_loadin
         model_state[key] = state[key]
     if optimizer is not None:
         # Nested per chunk: with a virtual pipeline the chunks' local parameter names coincide.
-        state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=OPTIMIZER_METADATA)
+        metadata = optimizer_meta if optimizer_meta is not None else optimizer_metadata(args.dist_ckpt_optim_fully_reshardable)
+        state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=metadata)
     if scheduler is not None:
         state["opt_param_scheduler"] = scheduler.state_dict()
     if rng:
@@ -305,7 +339,7 @@ class Checkpointer:
                      checkpoint_version=CHECKPOINT_VERSION, args=layout(args))
         request = dist_checkpointing.save(
             state, directory, async_sharded_save=self.async_queue is not None, async_strategy="mcore",
-            content_metadata=OPTIMIZER_METADATA,
+            content_metadata=optimizer_metadata(args.dist_ckpt_optim_fully_reshardable),
         )
 
         def mark_complete():
@@ -326,6 +360,15 @@ class Checkpointer:
             self.async_queue.maybe_finalize_async_calls(blocking=blocking)
 
     def close(self) -> None:
+        """Release the helper processes; safe on every exit path, also before any save.
+
+        The warm-up thread may still be starting the spawned manager process; a process that
+        exits while it does leaves the manager waiting for a handshake and the interpreter
+        joining it forever, so the start is awaited (then the manager's own exit hook stops it).
+        """
+        if self._warmup is not None:
+            self._warmup.join()
+            self._warmup = None
         if self.async_queue is not None:
             self.async_queue.maybe_finalize_async_calls(blocking=True)
             self.async_queue.close()
@@ -336,10 +379,7 @@ class Checkpointer:
         args = self.args
         iteration, directory, common = point.iteration, point.directory, point.common
         saved = common.get("args", {})
-        same_layout = all(
-            saved.get(k) == getattr(args, k)
-            for k in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
-        )
+        same_layout = all(saved.get(k) == getattr(args, k) for k in _LAYOUT_KEYS)
         if saved.get("padded_vocab_size") not in (None, args.padded_vocab_size):
             # megatron loads the common rows; the padding rows keep this run's initialisation
             # and take part in the softmax, so losses differ from the saving run.
@@ -352,15 +392,18 @@ class Checkpointer:
         weights_only = args.finetune
         load_optim = loads_schedule(args, common)
         load_rng = not weights_only and not args.no_load_rng and same_layout
+        saved_meta = saved_optimizer_metadata(directory)
         if load_optim:
             from megatron_mio.training.optimizer import initialize_empty_state
 
+            if args.use_distributed_optimizer and not same_layout:
+                _check_optimizer_reshardable(directory, saved, saved_meta, args)
             initialize_empty_state(optimizer)
         state = sharded_state_dict(
             args, model,
             optimizer if load_optim else None,
             scheduler if load_optim else None,
-            is_loading=True, rng=load_rng,
+            is_loading=True, rng=load_rng, optimizer_meta=saved_meta,
         )
         loaded = dist_checkpointing.load(state, directory, strict=StrictHandling.ASSUME_OK_UNEXPECTED)
         for key, chunk in zip(model_keys(len(unwrap_model(model))), unwrap_model(model)):
@@ -378,3 +421,16 @@ class Checkpointer:
         log.info("resumed from %s: iteration %d, %d samples consumed", directory, iteration, loaded["consumed_samples"])
         return int(loaded["iteration"]), int(loaded["consumed_samples"])
 
+
+def _check_optimizer_reshardable(directory: str, saved: dict, saved_meta: dict, args) -> None:
+    """A dp_reshardable optimizer state reloads only at the TP/PP it was written with: say how to move."""
+    if saved_meta.get("distrib_optim_sharding_type") != "dp_reshardable":
+        return
+    was = " ".join(f"{k}={saved.get(k)}" for k in _LAYOUT_KEYS)
+    now = " ".join(f"{k}={getattr(args, k)}" for k in _LAYOUT_KEYS)
+    raise ValueError(
+        f"{directory}: its distributed-optimizer state was saved dp_reshardable at {was} and cannot "
+        f"be loaded at {now}. Resume once at the saved layout with --dist-ckpt-optim-fully-reshardable "
+        f"(and e.g. --exit-interval 1) to write a fully reshardable checkpoint, or pass --no-load-optim "
+        f"to keep only the weights"
+    )

@@ -2,14 +2,18 @@
 
 Two silent resume bugs of megatron-core 0.19.2 are fixed here.  Both live in the path where
 neither transformer-engine nor apex is installed, so the distributed optimizer wraps
-``torch.optim.AdamW`` (always the case on CPU):
+``torch.optim.AdamW`` (always the case on CPU).  The fixes apply to torch's Adam/AdamW only:
+transformer-engine's and apex's FusedAdam keep ``step`` in the param groups, and TE's
+``state_dict`` raises ``KeyError: 'step'`` on a state entry it does not know.
 
 1. ``DistributedOptimizer.load_state_dict`` gives every parameter's state *the same* ``step``
    tensor; ``torch.optim.AdamW`` then increments it once per parameter, so after one step the
    bias correction uses step ``3 + n_params`` instead of 4.  Wrong loss after resume, no error.
-2. ``DistributedOptimizer._set_main_param_and_optimizer_states`` (the fully-reshardable load)
-   copies every tensor of the optimizer state, including ``step``, from a dict that has no
-   ``step`` key, and fails.
+2. ``DistributedOptimizer._set_main_param_and_optimizer_states`` copies every tensor of the
+   optimizer state, including ``step``: the fully-reshardable load has no ``step`` key and
+   fails; the dp-reshardable load reads ``step`` back as 0, so AdamW's bias correction restarts
+   after a resume (wrong updates, no error).  It also runs with autograd on, which fails for
+   fp32 models, whose main parameters are views of the model's leaves.
 
 ``tests/test_checkpoint.py`` resumes 3+3 iterations against 6 straight and compares losses
 exactly; it fails with either fix removed.
@@ -53,9 +57,8 @@ def optimizer_config(args) -> OptimizerConfig:
 
 def build_optimizer(args, model_chunks) -> MegatronOptimizer:
     optimizer = get_megatron_optimizer(optimizer_config(args), model_chunks)
-    for inner in leaf_optimizers(optimizer):
-        if isinstance(inner, DistributedOptimizer) and isinstance(inner.optimizer, torch.optim.Optimizer):
-            _fix_torch_adam_step_state(inner)
+    for inner in _distributed_torch_adams(optimizer):
+        _fix_torch_adam_step_state(inner)
     return optimizer
 
 
@@ -84,6 +87,14 @@ def leaf_optimizers(optimizer: MegatronOptimizer) -> list[MegatronOptimizer]:
     return [optimizer]
 
 
+def _distributed_torch_adams(optimizer: MegatronOptimizer) -> list[DistributedOptimizer]:
+    """The DistributedOptimizers that wrap torch's own Adam/AdamW (the ones with the bugs)."""
+    return [
+        inner for inner in leaf_optimizers(optimizer)
+        if isinstance(inner, DistributedOptimizer) and isinstance(inner.optimizer, torch.optim.Adam)
+    ]
+
+
 def _fix_torch_adam_step_state(dist_opt: DistributedOptimizer) -> None:
     """Patch one DistributedOptimizer instance (see the module docstring)."""
     original_load = dist_opt.load_state_dict
@@ -99,13 +110,17 @@ def _fix_torch_adam_step_state(dist_opt: DistributedOptimizer) -> None:
 
     def set_main_param_and_optimizer_states(self, model_param, tensors):
         # Bug 2: ``step`` is not a per-element tensor of the checkpoint; it is restored from the
-        # param groups by load_state_dict.  Hand the current step through unchanged.
+        # param groups by load_state_dict.  Hand the current step through unchanged (a
+        # fully_reshardable state has no ``step``; a dp_reshardable one reads it back as 0).
         group_index, group_order = self.model_param_group_index_map[model_param]
         main_param = self.optimizer.param_groups[group_index]["params"][group_order]
         step = self.optimizer.state.get(main_param, {}).get("step")
-        if isinstance(step, torch.Tensor) and "step" not in tensors:
-            tensors = {**tensors, "step": step}
-        return original_set(model_param, tensors)
+        if isinstance(step, torch.Tensor):
+            tensors = {**tensors, "step": step.clone()}
+        # Bug 3: the dp_reshardable load calls this with autograd on; with fp32 parameters the
+        # main parameter is a view of the model's leaf and the in-place copy raises.
+        with torch.no_grad():
+            return original_set(model_param, tensors)
 
     dist_opt.load_state_dict = MethodType(load_state_dict, dist_opt)
     dist_opt._set_main_param_and_optimizer_states = MethodType(set_main_param_and_optimizer_states, dist_opt)
@@ -135,11 +150,10 @@ def initialize_empty_state(optimizer: MegatronOptimizer) -> None:
 
     ``DistributedOptimizer.state_dict()`` (called while building the load request) reads every
     parameter's ``step`` and fails on an optimizer that has not stepped yet; zeros are the state
-    of a step-0 AdamW, and the load then overwrites them.
+    of a step-0 AdamW, and the load then overwrites them.  Fused Adams (TE, apex) keep ``step``
+    in their param groups and need nothing here.
     """
-    for inner in leaf_optimizers(optimizer):
-        if not isinstance(inner, DistributedOptimizer) or not isinstance(inner.optimizer, torch.optim.Optimizer):
-            continue
+    for inner in _distributed_torch_adams(optimizer):
         for group in inner.optimizer.param_groups:
             for param in group["params"]:
                 state = inner.optimizer.state[param]

@@ -32,10 +32,15 @@ def loss_and_reports(loss_mask: torch.Tensor, modality: torch.Tensor, token_loss
     return total, count, {"loss_sums": torch.stack(report)}
 
 
-def model_inputs(batch: dict, attention_backend: str) -> dict:
-    """The GPTModel keyword arguments for one batch and attention backend."""
-    inputs = {"input_ids": batch["tokens"], "position_ids": batch["position_ids"]}
-    inputs.update(attention_kwargs(batch["cu_seqlens"], batch["tokens"].shape[1], attention_backend))
+def model_inputs(batch: dict, attention_backend: str, host_cu_seqlens: torch.Tensor | None = None) -> dict:
+    """The GPTModel keyword arguments for one batch (on its device) and attention backend.
+
+    Document boundaries come from ``host_cu_seqlens`` (default: the batch's own, on the CPU).
+    """
+    tokens = batch["tokens"]
+    cu_seqlens = batch["cu_seqlens"] if host_cu_seqlens is None else host_cu_seqlens
+    inputs = {"input_ids": tokens, "position_ids": batch["position_ids"]}
+    inputs.update(attention_kwargs(cu_seqlens, tokens.shape[1], attention_backend, tokens.device))
     return inputs
 
 
@@ -46,8 +51,9 @@ def forward_step(data_iterator, model, attention_backend: str = "local", device=
     vp_stage = get_attr_wrapped_model(model, "vp_stage")
     first = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     last = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    host_cu_seqlens = batch["cu_seqlens"]
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()} if device is not None else batch
-    inputs = model_inputs(batch, attention_backend)
+    inputs = model_inputs(batch, attention_backend, host_cu_seqlens)
     if not first:
         inputs["input_ids"] = None
     labels = batch["labels"] if last else None

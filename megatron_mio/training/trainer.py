@@ -24,9 +24,10 @@ from megatron.core.transformer.module import Float16Module
 
 from megatron_mio import platform as mio_platform
 from megatron_mio.model import build_gpt_model, build_transformer_config
+from megatron_mio.model.fusions import plan_fusions
 from megatron_mio.model.vocab_padding import mask_vocab_padding
 from megatron_mio.training import data as mio_data
-from megatron_mio.training.arguments import model_preset, parse_args
+from megatron_mio.training.arguments import model_preset, parse_args, refused_fusions
 from megatron_mio.training.checkpointing import Checkpointer, find_checkpoint, padded_vocab_for_load
 from megatron_mio.training.metrics import CountingIterator, IntervalStats, MetricsLogger
 from megatron_mio.training.optimizer import build_optimizer, build_scheduler, optimizer_step
@@ -76,6 +77,10 @@ def _set_pipeline_p2p(config, *, interleaved: bool) -> None:
 
 def build_model(args, preset, plat) -> list[DistributedDataParallel]:
     """This rank's model chunks (one, or one per virtual stage), wrapped in megatron's DDP."""
+    fusions = plan_fusions(args.attention_backend, plat.device.type, refused_fusions(args))
+    if torch.distributed.get_rank() == 0:
+        log.info("attention backend %s on %s; fusions: %s; gradients reduced in %s", args.attention_backend,
+                 plat.device.type, fusions.describe(), "fp32" if args.accumulate_allreduce_grads_in_fp32 else "the model dtype")
     config = build_transformer_config(
         preset,
         tensor_parallel_size=args.tensor_model_parallel_size,
@@ -86,7 +91,7 @@ def build_model(args, preset, plat) -> list[DistributedDataParallel]:
         recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method,
         recompute_num_layers=args.recompute_num_layers,
-        fused_kernels=not plat.use_cpu,
+        fusions=fusions,
         deterministic_init=args.use_cpu_initialization,
     )
     if args.fp16:
@@ -206,6 +211,13 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     scheduler = build_scheduler(args, optimizer)
     _wire_schedule_hooks(args, model, optimizer)
     checkpointer = Checkpointer(args)
+    try:
+        return _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer, forward_step_func, resume)
+    finally:
+        checkpointer.close()
+
+
+def _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer, forward_step_func, resume) -> dict:
     iteration, consumed = (checkpointer.load(model, optimizer, scheduler, resume) if resume else (0, 0))
     if args.finetune:  # weights from the checkpoint, everything else fresh
         iteration, consumed = 0, 0
@@ -300,7 +312,6 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
                 break
         save()
     finally:
-        checkpointer.close()
         exit_signal.restore()
         logger.close()
     if torch.distributed.get_rank() == 0:

@@ -21,7 +21,7 @@ def build_tiny_model(backend: str, *, tp: int = 1, pp: int = 1, num_query_groups
     """The ``tiny`` preset (2 layers, 4 heads) with the same master weights for every layout."""
     preset = get_preset("tiny").with_overrides(num_query_groups=num_query_groups)
     config = build_transformer_config(
-        preset, tensor_parallel_size=tp, pipeline_parallel_size=pp, fused_kernels=False,
+        preset, tensor_parallel_size=tp, pipeline_parallel_size=pp,
         deterministic_init=True,
     )
     torch.manual_seed(seed)

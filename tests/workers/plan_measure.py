@@ -46,7 +46,7 @@ def measure(spec: str, preset_name: str, vocab: int, seq: int, micro_batch: int)
     tensor_parallel.model_parallel_cuda_manual_seed(1234)
     preset = get_preset(preset_name)
     config = build_transformer_config(preset, tensor_parallel_size=tp, pipeline_parallel_size=pp,
-                                      bf16=bf16, fused_kernels=False, recompute_granularity=recompute,
+                                      bf16=bf16, recompute_granularity=recompute,
                                       recompute_method="uniform" if recompute == "full" else None,
                                       recompute_num_layers=1 if recompute == "full" else None)
     padded = padded_vocab_size(vocab, 128, tp)

@@ -67,9 +67,7 @@ def main():
     parallel_state.initialize_model_parallel(args.tp, args.pp)
     model_parallel_cuda_manual_seed(1234)
     preset = get_preset("tiny").with_overrides(num_layers=4)
-    config = build_transformer_config(
-        preset, tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp, fused_kernels=False
-    )
+    config = build_transformer_config(preset, tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp)
     config.calculate_per_token_loss = True
     vocab = 256
     model = build_gpt_model(

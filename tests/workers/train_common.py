@@ -21,6 +21,8 @@ TINY = [
     "--vocab-size", "300", "--seq-length", "64", "--micro-batch-size", "1",
     "--global-batch-size", "4", "--lr", "3e-3", "--lr-warmup-iters", "1",
     "--lr-decay-iters", "10", "--min-lr", "3e-4", "--weight-decay", "0.01", "--log-interval", "1",
+    # torch.compile's fusions cost seconds per process, more than a tiny run (tested elsewhere).
+    "--no-bias-swiglu-fusion", "--no-bias-dropout-fusion",
 ]
 
 _CACHE: dict[str, dict] = {}
