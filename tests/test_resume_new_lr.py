@@ -32,7 +32,10 @@ RUN = [
     "--lr-warmup-iters", "0", "--adam-beta1", str(BETA1), "--adam-beta2", str(BETA2), "--adam-eps", str(EPS),
     "--train-iters", "5", "--log-interval", "1",
 ]
-OPTIMIZERS = {"distributed": (2, ["--use-distributed-optimizer"]), "plain": (1, [])}
+# The distributed optimizer saved fully_reshardable: its moments are stored per parameter, which
+# this test reads (dp_reshardable stores flat per-rank buffers).
+OPTIMIZERS = {"distributed": (2, ["--use-distributed-optimizer", "--dist-ckpt-optim-fully-reshardable"]),
+              "plain": (1, [])}
 NEW = ["--lr", str(NEW_LR), "--weight-decay", str(NEW_WD)]
 
 
