@@ -2,7 +2,13 @@
 """Preprocessing throughput: direct code mapping vs inline ``<imgN>`` strings + AutoTokenizer,
 and the preprocess tool at 1 vs 2 workers.
 
-    python bench/bench_preprocess.py [--scale 1]
+    python bench/bench_preprocess.py [--scale 1] [--worker-samples 200000] [--skip-paths]
+
+The worker comparison runs ``preprocess()`` end to end (JSONL in, files out, worker start-up
+included) on ``--worker-samples`` mostly caption samples (90% caption pairs, 5% interleaved
+pages, 5% ASR speech pairs), checks that both runs wrote identical files, and reports the main
+process' own time per document (planning, appending the workers' datasets, writing the index):
+the ceiling of adding workers is documents/s = 1 / that cost.
 
 Mix: caption pairs (32 image codes + one sentence), 15 s TTS speech pairs (750 content codes x 4
 codebooks), interleaved pages (paragraphs and images).  Both paths are checked to give the same
@@ -86,26 +92,40 @@ def compare_paths(mix, tokenizer: MIOTokenizer, auto) -> list[dict]:
     return rows
 
 
-def compare_workers(mix, tokenizer_dir: str, workdir: str) -> list[dict]:
-    samples = [s for group in mix.values() for s in group]
-    random.Random(1).shuffle(samples)
-    # Large enough that starting the worker processes (counted) is a small part of the run.
-    data = synthetic.write_jsonl(os.path.join(workdir, "mix.jsonl"), samples * 64)
-    rows = []
+def worker_corpus(n: int, seed: int = 0) -> list[dict]:
+    """``n`` mostly caption samples: 90% caption pairs, 5% interleaved pages, 5% ASR pairs."""
+    n_pairs, n_pages = n * 90 // 100, n * 5 // 100
+    return synthetic.pretraining_samples(seed, n_language=0, n_image_pairs=n_pairs,
+                                         n_video_pairs=0, n_speech_pairs=n - n_pairs - n_pages,
+                                         n_interleaved=n_pages)
+
+
+def compare_workers(samples: list[dict], tokenizer_dir: str, workdir: str) -> list[dict]:
+    data = synthetic.write_jsonl(os.path.join(workdir, "mix.jsonl"), samples)
+    rows, outputs = [], []
     for workers in (1, 2):
-        config = PreprocessConfig(inputs=[data], output_prefix=os.path.join(workdir, f"w{workers}"),
-                                  tokenizer=tokenizer_dir, stage="2", workers=workers,
-                                  progress=False)
+        prefix = os.path.join(workdir, f"w{workers}")
+        config = PreprocessConfig(inputs=[data], output_prefix=prefix, tokenizer=tokenizer_dir,
+                                  stage="2", workers=workers, progress=False)
         report = preprocess(config)  # includes starting the worker processes
-        rows.append({"workers": workers, "tokens": report["tokens"]["total"],
-                     "seconds": report["seconds"],
-                     "tok_s": report["tokens"]["total"] / report["seconds"]})
+        main = sum(report["main_seconds"].values())
+        rows.append({"workers": workers, "samples": len(samples),
+                     "documents": report["documents_written"],
+                     "tokens": report["tokens"]["total"], "seconds": report["seconds"],
+                     "tok_s": report["tokens"]["total"] / report["seconds"],
+                     "main_seconds": report["main_seconds"],
+                     "main_us_per_document": 1e6 * main / report["documents_written"]})
+        outputs.append({s: open(prefix + s, "rb").read() for s in (".bin", ".idx", ".loss_mask.bin",
+                                                                  ".loss_mask.idx")})
+    assert outputs[0] == outputs[1], "1 and 2 workers wrote different files"
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--worker-samples", type=int, default=200_000)
+    parser.add_argument("--skip-paths", action="store_true", help="only the worker comparison")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -116,8 +136,8 @@ def main() -> None:
         build_mio_tokenizer(model, tokenizer_dir)
         tokenizer, auto = MIOTokenizer(tokenizer_dir), AutoTokenizer.from_pretrained(tokenizer_dir)
         mix = make_mix(args.scale)
-        paths = compare_paths(mix, tokenizer, auto)
-        workers = compare_workers(mix, tokenizer_dir, workdir)
+        paths = [] if args.skip_paths else compare_paths(mix, tokenizer, auto)
+        workers = compare_workers(worker_corpus(args.worker_samples), tokenizer_dir, workdir)
     print(f"{'mix':<20}{'samples':>8}{'tokens':>9}{'direct tok/s':>14}{'auto tok/s':>12}"
           f"{'fmt+auto tok/s':>16}{'x auto':>8}{'x fmt+auto':>11}")
     for r in paths:
@@ -126,8 +146,16 @@ def main() -> None:
               f"{r['speedup_vs_auto']:>8.1f}{r['speedup_vs_format_plus_auto']:>11.1f}")
     base = workers[0]["tok_s"]
     for r in workers:
-        print(f"preprocess_data --workers {r['workers']}: {r['tokens']} tokens in "
-              f"{r['seconds']:.2f} s = {r['tok_s']:,.0f} tok/s ({r['tok_s'] / base:.2f}x)")
+        print(f"preprocess_data --workers {r['workers']}: {r['samples']} samples, {r['tokens']} "
+              f"tokens in {r['seconds']:.2f} s = {r['tok_s']:,.0f} tok/s ({r['tok_s'] / base:.2f}x)")
+    r = workers[1]
+    per_doc = r["main_us_per_document"]
+    tokens_per_doc = r["tokens"] / r["documents"]
+    per_worker = workers[0]["tok_s"]
+    print(f"main process with 2 workers: {r['main_seconds']} -> {per_doc:.2f} us per document; "
+          f"ceiling {1e6 / per_doc:,.0f} documents/s = {tokens_per_doc * 1e6 / per_doc:,.0f} "
+          f"tok/s at {tokens_per_doc:.0f} tokens/document; 64 workers at the 1-worker rate would "
+          f"need {64 * per_worker:,.0f} tok/s")
     print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}, cpus: {os.cpu_count()}")
     print(json.dumps({"paths": paths, "workers": workers}))
 

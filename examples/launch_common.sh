@@ -14,6 +14,26 @@
 #   * resume: when CKPT_DIR holds a checkpoint, --load CKPT_DIR; otherwise, when LOAD_DIR is set,
 #     the stage starts from those weights (--load LOAD_DIR --finetune: fresh optimizer and schedule).
 #
+# Several nodes (tested for real on a two-node Slurm cluster in network namespaces,
+# tests/test_slurm_two_nodes.py; ci/slurm/start_two_nodes.sh):
+#   * master address: the allocation's first node (`scontrol show hostnames`), as the address
+#     Slurm itself reaches it at (its NodeAddr from `scontrol show node`; its name when Slurm
+#     cannot say).  Node 0 is that node: the batch shell runs there and Slurm numbers it 0.
+#   * rendezvous port: a port that is free on that node, chosen by the batch shell (which runs
+#     there); from elsewhere (salloc on a login node, DRY_RUN) 20000 + job id % 20000.
+#   * torchrun's static rendezvous with --node-rank "$SLURM_NODEID", filled in on each node: every
+#     node's processes get the global ranks of its Slurm node number (node 0 holds ranks
+#     0..GPUS_PER_NODE-1 and the rendezvous store), whatever order the nodes start in.
+#   * interface: each node exports GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME (when not already
+#     set) as the interface that holds the master address (node 0) or routes to it (the others,
+#     `ip route get`).  Without it gloo binds to the address of the node's hostname, which on a
+#     node with several interfaces may not reach the other nodes (Debian maps the hostname to
+#     127.0.1.1): gloo's connection set-up then fails with "Connect timeout".
+#   * a node lost mid-run: Slurm declares it DOWN after SlurmdTimeout and ends the job
+#     (NODE_FAIL; with --requeue it waits for nodes and resumes from CKPT_DIR).  Ranks whose
+#     nodes stay up but whose peers stall wait for the collective timeout instead: the trainer's
+#     --distributed-timeout-minutes (default 30), which applies to every process group.
+#
 # Environment variables (all optional; the stage script documents its own defaults):
 #   NNODES            nodes (default: Slurm's SLURM_JOB_NUM_NODES, else 1)
 #   GPUS_PER_NODE     processes per node (default: Slurm's SLURM_GPUS_ON_NODE, else the GPUs
@@ -33,13 +53,19 @@
 #   STAGE_CONFIG      trainer --config YAML (default: examples/configs/<stage>.yaml; empty: none)
 #   MIO_REPO          the repository (default: the script's directory's parent, else SLURM_SUBMIT_DIR)
 #   PYTHON            interpreter (default: MIO_REPO/.venv/bin/python if present, else python3)
-#   MASTER_PORT       rendezvous port (default: derived from the Slurm job id, or free locally)
+#   MASTER_ADDR       rendezvous host (default: the allocation's first node, see above)
+#   MASTER_PORT       rendezvous port (default: free on the first node, see above)
+#   GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME   network interface for gloo / NCCL sockets (default:
+#                     per node, the interface toward the master address)
 #   LAUNCHER          srun | local (default: srun inside a Slurm allocation, else local)
 #   REQUEUE_ON_PREEMPT  1 (default) requeues a Slurm job that saved on a warning signal
 #   DRY_RUN=1         print the launch command instead of running it
 
 mio_log() { echo "[mio-launch $(date +%H:%M:%S)] $*" >&2; }
 mio_die() { echo "[mio-launch] error: $*" >&2; exit 2; }
+
+# This file's own path: every node sources it to run its torchrun (mio_node_exec).
+MIO_LAUNCH_COMMON=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 
 # The repository: MIO_REPO, else the parent of this file's directory.
 mio_repo() {
@@ -84,9 +110,7 @@ mio_resolve() {
         if mio_in_slurm; then LAUNCHER=srun; else LAUNCHER=local; fi
     fi
     if [[ $LAUNCHER == srun ]]; then
-        MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
-        # One port per job, so two jobs sharing a node never meet at the same rendezvous.
-        MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID} % 20000))}
+        mio_master
     elif (( NNODES > 1 )); then
         mio_die "NNODES=$NNODES needs a Slurm allocation (sbatch/salloc), or run one node per machine with LAUNCHER=srun"
     fi
@@ -114,6 +138,66 @@ mio_resolve() {
     [[ -z $STAGE_CONFIG || -f $STAGE_CONFIG ]] || mio_die "STAGE_CONFIG=$STAGE_CONFIG: no such file"
     [[ -z ${DATA_CONFIG:-} || -f $DATA_CONFIG ]] || mio_die "DATA_CONFIG=$DATA_CONFIG: no such file"
     METRICS_FILE=${METRICS_FILE:-$CKPT_DIR/metrics.jsonl}
+}
+
+# MASTER_ADDR / MASTER_PORT of a Slurm launch: the first node of the allocation, a free port there.
+mio_master() {
+    local first
+    first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    [[ -n $first ]] || mio_die "cannot list the nodes of SLURM_JOB_NODELIST=${SLURM_JOB_NODELIST:-}"
+    if [[ -z ${MASTER_ADDR:-} ]]; then
+        MASTER_ADDR=$(scontrol show node -o "$first" 2>/dev/null | tr ' ' '\n' | sed -n 's/^NodeAddr=//p')
+        MASTER_ADDR=${MASTER_ADDR:-$first}
+    fi
+    if [[ -z ${MASTER_PORT:-} ]]; then
+        if [[ ${SLURMD_NODENAME:-} == "$first" ]]; then
+            # The batch shell runs on the first node: ask its kernel for a port no one holds.
+            MASTER_PORT=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])') \
+                || mio_die "cannot find a free port on $first"
+        else
+            MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+        fi
+    fi
+    export MASTER_ADDR MASTER_PORT  # for mio_node_exec on every node (srun --export=ALL)
+}
+
+# The interface that holds ADDRESS (on its own node) or routes to it, or nothing.
+mio_interface_toward() {
+    local addr=$1 ip_addr dev
+    command -v ip >/dev/null 2>&1 || return 0
+    ip_addr=$(getent ahostsv4 "$addr" 2>/dev/null | awk 'NR == 1 {print $1}')
+    [[ -n $ip_addr ]] || return 0
+    dev=$(ip -o -4 addr show to "$ip_addr" 2>/dev/null | awk 'NR == 1 {print $2}')
+    [[ -n $dev ]] || dev=$(ip -o route get "$ip_addr" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p')
+    echo "$dev"
+}
+
+# Runs on every node of a Slurm launch (srun starts it once per node): fill in this node's
+# --node-rank, choose the network interface, ignore USR1, exec torchrun.
+#   bash -c 'source launch_common.sh && mio_node_exec "$@"' launch_common.sh TORCHRUN... ARGS...
+mio_node_exec() {
+    local node_rank=${SLURM_NODEID:?mio_node_exec runs under srun, which sets SLURM_NODEID}
+    local args=() arg
+    for arg in "$@"; do
+        if [[ $arg == '$SLURM_NODEID' ]]; then args+=("$node_rank"); else args+=("$arg"); fi
+    done
+    local nnodes=${SLURM_NNODES:-1} dev="" how="set by the user"
+    if (( nnodes == 1 )); then
+        how="one node: every connection is local"
+    elif [[ -z ${GLOO_SOCKET_IFNAME:-} || -z ${NCCL_SOCKET_IFNAME:-} ]]; then
+        dev=$(mio_interface_toward "$MASTER_ADDR")
+        if [[ -n $dev && $dev != lo ]]; then
+            export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$dev} NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-$dev}
+            how="toward $MASTER_ADDR"
+        else
+            how="none found toward $MASTER_ADDR: gloo/NCCL choose; set GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME"
+        fi
+    fi
+    mio_log "node $node_rank of $nnodes ($(hostname)): node rank $node_rank," \
+            "master $MASTER_ADDR:$MASTER_PORT, GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-} NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-} ($how)"
+    # torchrun ignores the warning signal, so it reaches the trainers only (see mio_launch_cmd).
+    trap "" USR1
+    exec "${args[@]}"
 }
 
 # Environment for the training processes: threads, NCCL, allocator.
@@ -168,8 +252,9 @@ mio_train_args() {
 mio_torchrun_cmd() {
     MIO_TORCHRUN=("$PYTHON" -m torch.distributed.run --nproc-per-node "$GPUS_PER_NODE" --max-restarts 0)
     if [[ $LAUNCHER == srun ]]; then
-        MIO_TORCHRUN+=(--nnodes "$NNODES" --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT"
-                       --rdzv-id "mio-${SLURM_JOB_ID}")
+        # '$SLURM_NODEID' stays literal here: mio_node_exec puts each node's number in its place.
+        MIO_TORCHRUN+=(--nnodes "$NNODES" --node-rank '$SLURM_NODEID'
+                       --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT")
     else
         MIO_TORCHRUN+=(--standalone --nnodes 1)
     fi
@@ -179,8 +264,10 @@ mio_torchrun_cmd() {
 # and in its children), so the warning reaches the trainers, which install their own handler,
 # without killing the agent that supervises them.
 mio_launch_cmd() {
-    local node_cmd=(bash -c 'trap "" USR1; exec "$@"' mio-node "${MIO_TORCHRUN[@]}" "${MIO_ARGS[@]}")
     if [[ $LAUNCHER == srun ]]; then
+        # Each node sources this file and runs mio_node_exec (node rank, interface, USR1).
+        local node_cmd=(bash -c 'source "$0" && mio_node_exec "$@"' "$MIO_LAUNCH_COMMON"
+                        "${MIO_TORCHRUN[@]}" "${MIO_ARGS[@]}")
         # The one task per node gets every CPU of the node (srun does not inherit the batch
         # job's --cpus-per-task since Slurm 22.05; a 1-CPU step would pin all 8 trainers to
         # one core) and, by default, all of the job's GPUs.
@@ -188,7 +275,7 @@ mio_launch_cmd() {
                  --cpus-per-task "${SLURM_CPUS_ON_NODE:-1}" --kill-on-bad-exit=1
                  --export=ALL "${node_cmd[@]}")
     else
-        MIO_CMD=("${node_cmd[@]}")
+        MIO_CMD=(bash -c 'trap "" USR1; exec "$@"' mio-node "${MIO_TORCHRUN[@]}" "${MIO_ARGS[@]}")
     fi
 }
 

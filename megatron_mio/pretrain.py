@@ -8,10 +8,12 @@ import os
 import sys
 import time
 
-from megatron_mio.training.arguments import ConfigError
+from megatron_mio import platform
 
 
 def main(argv=None) -> int:
+    platform.quiet_import_warnings()
+    from megatron_mio.training.arguments import ConfigError
     from megatron_mio.training.trainer import pretrain
 
     try:

@@ -112,3 +112,20 @@ def test_extension_module_is_built():
     assert C.document_offsets(np.array([3, 0, 5])).tolist() == [0, 3, 3, 8]
     with pytest.raises(ValueError, match="negative"):
         C.document_offsets(np.array([1, -1]))
+
+
+def test_megatron_fallback_warnings_are_shown_once():
+    """megatron-core warns from six places that transformer-engine / apex are missing; the CLIs'
+    ``quiet_import_warnings`` turns that into one line, and leaves other warnings alone."""
+    imports = "import megatron.core.optimizer, megatron.core.models.gpt.gpt_layer_specs; import warnings; warnings.warn('other')"
+
+    def stderr(quiet: bool) -> str:
+        head = "from megatron_mio import platform; platform.quiet_import_warnings(); " if quiet else ""
+        env = {k: v for k, v in cpu_env().items() if k != "PYTHONWARNINGS"}
+        return subprocess.run([sys.executable, "-W", "default", "-c", head + imports], cwd=REPO_ROOT, env=env,
+                              check=True, capture_output=True, text=True, timeout=120).stderr
+
+    assert stderr(quiet=False).count("not installed") > 1  # what megatron-core does on its own
+    quiet = stderr(quiet=True)
+    assert quiet.count("not installed") == 1 and "transformer-engine and apex" in quiet
+    assert "UserWarning: other" in quiet

@@ -8,7 +8,8 @@
   an uninterrupted run (same per-modality token counts and losses, consumed samples continuous);
 * a second submission (``sbatch --wait``) exits 0 after resuming from the last checkpoint;
 * examples/convert_yi_to_mio.sh on a tiny stand-in for Yi-6B;
-* the multi-node command (srun per node, torchrun with c10d rendezvous at the first host).
+* the multi-node command (srun per node, torchrun with a static rendezvous at the first host and
+  each node's --node-rank; tests/test_slurm_two_nodes.py runs it on two nodes for real).
 
 The cluster is started for this module and its daemons stopped by PID afterwards.  Slurm must
 be installed (``bash ci/slurm/install.sh``, which CI runs before pytest); without it these tests
@@ -17,50 +18,28 @@ fail, they never skip.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.distributed import REPO_ROOT
+from tests.slurm_cluster import latest, metrics, one_node_cluster, read, run
 
 SCRIPT = REPO_ROOT / "examples/pretrain_stage3.sh"
-CI = REPO_ROOT / "ci/slurm"
 ITERS = 24  # the preempted job's length
 GLOBAL_BATCH = 4  # examples/configs/tiny_cpu.yaml
 SEQ_LENGTH = 128
 
 
-def _run(cmd, env=None, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def slurm_env():
     """Start munged/slurmctld/slurmd for this module; yield the client environment."""
-    install = _run(["bash", str(CI / "install.sh")], timeout=600, check=False)
-    if install.returncode != 0:
-        pytest.fail("Slurm is not installed and ci/slurm/install.sh could not install it "
-                    f"(run it as root before the tests):\n{install.stdout}\n{install.stderr}")
-    state = tempfile.mkdtemp(prefix="mio-slurm-")
-    try:
-        started = _run(["bash", str(CI / "start.sh"), state], timeout=120, check=False)
-        if started.returncode != 0:
-            pytest.fail(f"could not start the one-node Slurm cluster:\n{started.stdout}\n{started.stderr}")
-        env = dict(os.environ, SLURM_CONF=started.stdout.strip().splitlines()[-1])
+    with one_node_cluster("mio-slurm-") as env:
         yield env
-    finally:
-        _run(["bash", str(CI / "stop.sh"), state], check=False)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +51,7 @@ def tiny_data(tmp_path_factory, mio_tokenizer_dir):
     root = tmp_path_factory.mktemp("slurm_data")
     corpus = write_sample_corpus(root / "corpus", seed=0)
     prefix = root / "stage3"
-    _run([sys.executable, str(REPO_ROOT / "tools/preprocess_data.py"), "--input", corpus["pretrain"],
+    run([sys.executable, str(REPO_ROOT / "tools/preprocess_data.py"), "--input", corpus["pretrain"],
           "--output-prefix", str(prefix), "--tokenizer", mio_tokenizer_dir, "--stage", "3",
           "--seq-length", str(SEQ_LENGTH)], cwd=REPO_ROOT, timeout=300)
     mixture = root / "stage3_tiny.yaml"
@@ -84,7 +63,7 @@ def _train_env(base: dict, data: dict, ckpt: Path, iters: int) -> dict:
     """The tiny CPU run, configured only through the script's environment variables."""
     env = {k: v for k, v in base.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
     env.update(
-        USE_CPU="1", TP="2", PP="1", MODEL="tiny", MIO_REPO=str(REPO_ROOT),
+        USE_CPU="1", TP="2", PP="1", MODEL="tiny", MIO_REPO=str(REPO_ROOT), PYTHON=sys.executable,
         STAGE_CONFIG=str(REPO_ROOT / "examples/configs/tiny_cpu.yaml"),
         LOAD_DIR="", CKPT_DIR=str(ckpt), TRAIN_ITERS=str(iters),
         EXTRA_ARGS=f"--seq-length {SEQ_LENGTH} --attention-backend torch",
@@ -93,29 +72,18 @@ def _train_env(base: dict, data: dict, ckpt: Path, iters: int) -> dict:
     return env
 
 
-def _metrics(ckpt: Path) -> list[dict]:
-    path = ckpt / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _latest(ckpt: Path) -> int:
-    return int((ckpt / "latest_checkpointed_iteration.txt").read_text())
-
-
 def _sbatch(env: dict, log: Path) -> str:
     """Submit the stage-III script; returns the job id.  The test node has no GPUs: override the
     script's --gpus-per-node=8; -O lets the job use more processes than the node's CPUs."""
     cmd = ["sbatch", "--parsable", "-O", "--gpus-per-node=0", "--time=15", f"--output={log}", str(SCRIPT)]
-    return _run(cmd, env=env, cwd=REPO_ROOT).stdout.strip().split(";")[0]
+    return run(cmd, env=env, cwd=REPO_ROOT).stdout.strip().split(";")[0]
 
 
 def _sbatch_wait(env: dict, log: Path) -> str:
     """``sbatch --wait``: returns the job's log once it exited 0."""
     cmd = ["sbatch", "--wait", "-O", "--gpus-per-node=0", "--time=15", f"--output={log}", str(SCRIPT)]
-    proc = _run(cmd, env=env, cwd=REPO_ROOT, timeout=400, check=False)
-    text = _read(log)
+    proc = run(cmd, env=env, cwd=REPO_ROOT, timeout=400, check=False)
+    text = read(log)
     assert proc.returncode == 0, f"job failed ({proc.returncode}): {proc.stdout}{proc.stderr}\n{text}"
     return text
 
@@ -125,7 +93,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_
 
 
 def _job_fields(env: dict, job: str) -> dict:
-    out = _run(["scontrol", "show", "job", "-o", job], env=env, check=False).stdout
+    out = run(["scontrol", "show", "job", "-o", job], env=env, check=False).stdout
     return dict(item.split("=", 1) for item in out.split() if "=" in item)
 
 
@@ -139,11 +107,11 @@ def _wait(env: dict, job: str, log: Path, restarts: int = 0, timeout: float = 40
     while time.time() < deadline:
         fields = _job_fields(env, job)
         if not fields:
-            raise AssertionError(f"job {job} left the controller unseen:\n{_read(log)}")
+            raise AssertionError(f"job {job} left the controller unseen:\n{read(log)}")
         if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
-            _run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env)
+            run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env)
             released = True
-        text = _read(log)
+        text = read(log)
         # While Slurm requeues a job it briefly shows a terminal state (FAILED, Restarts already
         # counted): done means a terminal state after the last run's launch has exited.
         runs_done = text.count("training exited with status")
@@ -156,11 +124,7 @@ def _wait(env: dict, job: str, log: Path, restarts: int = 0, timeout: float = 40
             raise AssertionError(f"job {job} ended ({fields.get('JobState')}, exit "
                                  f"{fields.get('ExitCode')}) without requeueing:\n{text}")
         time.sleep(0.3)
-    raise AssertionError(f"job {job} did not finish in {timeout}s:\n{_read(log)}")
-
-
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else "(no log)"
+    raise AssertionError(f"job {job} did not finish in {timeout}s:\n{read(log)}")
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +132,10 @@ def reference(tmp_path_factory, tiny_data):
     """An uninterrupted run of the same configuration, outside Slurm (plain bash -> torchrun)."""
     ckpt = tmp_path_factory.mktemp("reference")
     env = _train_env(dict(os.environ), tiny_data, ckpt, ITERS)
-    proc = _run(["bash", str(SCRIPT)], env=env, timeout=400, check=False, cwd=REPO_ROOT)
+    proc = run(["bash", str(SCRIPT)], env=env, timeout=400, check=False, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     assert "launcher=local" in proc.stderr
-    records = _metrics(ckpt)
+    records = metrics(ckpt)
     assert [r["iteration"] for r in records] == list(range(1, ITERS + 1))
     return records
 
@@ -196,25 +160,25 @@ def test_preempted_job_saves_requeues_and_resumes_then_resubmission_continues(
 
     # Mid-run: send the warning signal to the batch shell, as --signal=B:USR1@N does.
     deadline = time.time() + 300
-    while not any(r["iteration"] >= 4 for r in _metrics(ckpt)):
+    while not any(r["iteration"] >= 4 for r in metrics(ckpt)):
         assert _job_fields(slurm_env, job).get("JobState") in ("PENDING", "RUNNING"), \
-            f"job ended before the signal:\n{_read(log)}"
-        assert time.time() < deadline, f"no training progress:\n{_read(log)}"
+            f"job ended before the signal:\n{read(log)}"
+        assert time.time() < deadline, f"no training progress:\n{read(log)}"
         time.sleep(0.1)
-    _run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env)
+    run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env)
     text, released = _wait(slurm_env, job, log, restarts=1)
     assert released, f"the job was not requeued:\n{text}"
     assert "got SIGUSR1" in text and "requeueing job" in text, text
     assert "launcher=srun" in text and "restart=1" in text, text
 
-    records = _metrics(ckpt)
+    records = metrics(ckpt)
     iterations = [r["iteration"] for r in records]
     # Every iteration exactly once: nothing repeated, nothing lost across the requeue.
     assert iterations == list(range(1, ITERS + 1)), iterations
     assert [r["consumed_samples"] for r in records] == [GLOBAL_BATCH * i for i in iterations]
     saved = sorted(int(p.name.removeprefix("iter_")) for p in ckpt.glob("iter_*"))
     preempted_at = saved[0]
-    assert 4 <= preempted_at < ITERS and saved[-1] == ITERS == _latest(ckpt), saved
+    assert 4 <= preempted_at < ITERS and saved[-1] == ITERS == latest(ckpt), saved
     assert f"resuming from {ckpt} (iteration {preempted_at})" in text
     _same_batches(records, reference)
 
@@ -222,15 +186,17 @@ def test_preempted_job_saves_requeues_and_resumes_then_resubmission_continues(
     env = _train_env(slurm_env, tiny_data, ckpt, ITERS + 2)
     text = _sbatch_wait(env, tmp_path / "job2.out")
     assert f"resuming from {ckpt} (iteration {ITERS})" in text
-    records = _metrics(ckpt)
+    records = metrics(ckpt)
     assert [r["iteration"] for r in records][-3:] == [ITERS, ITERS + 1, ITERS + 2]
     assert records[-1]["consumed_samples"] == GLOBAL_BATCH * (ITERS + 2)
-    assert _latest(ckpt) == ITERS + 2
+    assert latest(ckpt) == ITERS + 2
 
 
 def test_multi_node_command(slurm_env, tmp_path):
-    """Inside a 16-node allocation: one srun task per node, torchrun with a c10d rendezvous at
-    the first host from `scontrol show hostnames`, resume from CKPT_DIR, EXTRA_ARGS last."""
+    """Inside a 16-node allocation: one srun task per node, each running torchrun through
+    mio_node_exec with its own node rank, the rendezvous at the first host from `scontrol show
+    hostnames` (not a node of this cluster, so its name; a port from the job id, since this shell
+    is not on that node), resume from CKPT_DIR, EXTRA_ARGS last."""
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "latest_checkpointed_iteration.txt").write_text("100")
@@ -241,12 +207,13 @@ def test_multi_node_command(slurm_env, tmp_path):
                SLURM_JOB_NODELIST="gpu[003-018]", SLURM_CPUS_ON_NODE="96",
                GPUS_PER_NODE="8", TP="2", PP="4", CKPT_DIR=str(ckpt), DRY_RUN="1",
                EXTRA_ARGS="--lr 1e-5", MIO_REPO=str(REPO_ROOT))
-    proc = _run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env)
+    proc = run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env)
     cmd = proc.stdout
     assert cmd.startswith("srun --nodes 16 --ntasks 16 --ntasks-per-node 1"), cmd
     assert "--cpus-per-task 96" in cmd  # the node's CPUs for its one torchrun task
     assert "--nnodes 16" in cmd and "--nproc-per-node 8" in cmd
-    assert "--rdzv-backend c10d --rdzv-endpoint gpu003:24242" in cmd
+    assert "mio_node_exec" in cmd and "examples/launch_common.sh" in cmd
+    assert r"--nnodes 16 --node-rank \$SLURM_NODEID --master-addr gpu003 --master-port 24242" in cmd
     assert f"--config {REPO_ROOT}/examples/configs/stage1.yaml" in cmd
     assert "--tensor-model-parallel-size 2 --pipeline-model-parallel-size 4" in cmd
     assert f"--tokenizer-model {tokenizer}" in cmd
@@ -257,11 +224,11 @@ def test_multi_node_command(slurm_env, tmp_path):
     start.mkdir()
     (start / "latest_checkpointed_iteration.txt").write_text("1")
     env.update(CKPT_DIR=str(tmp_path / "fresh"), LOAD_DIR=str(start))
-    cmd = _run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env).stdout
+    cmd = run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env).stdout
     assert f"--load {start} --finetune" in cmd
     # A LOAD_DIR without a checkpoint is refused with a clear message.
     env.update(LOAD_DIR=str(tmp_path / "missing"))
-    proc = _run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env, check=False)
+    proc = run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env, check=False)
     assert proc.returncode != 0 and "has no checkpoint" in proc.stderr
 
 
@@ -290,7 +257,7 @@ def test_convert_yi_to_mio_script(tmp_path, sentencepiece_model_path):
     shutil.copy(sentencepiece_model_path, yi / "tokenizer.model")
     env = dict(os.environ, YI_DIR=str(yi), TOKENIZER=str(tmp_path / "tok"), OUTPUT=str(tmp_path / "init"),
                TP="2", PYTHONWARNINGS="ignore", MIO_REPO=str(REPO_ROOT))
-    _run(["bash", str(REPO_ROOT / "examples/convert_yi_to_mio.sh")], env=env, timeout=300, cwd=tmp_path)
+    run(["bash", str(REPO_ROOT / "examples/convert_yi_to_mio.sh")], env=env, timeout=300, cwd=tmp_path)
     assert (tmp_path / "init/latest_checkpointed_iteration.txt").read_text().strip() == "0"
     from megatron_mio.tokenizer import MIOTokenizer
 

@@ -34,8 +34,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from megatron_mio import platform
 
+    platform.quiet_import_warnings()
     plat = platform.setup(args.use_cpu)
     platform.init_distributed(plat)
+    if torch.distributed.get_rank() == 0:
+        print(f"compare_logits: {platform.describe(plat, args.attention_backend)}", flush=True)
     from megatron.core import parallel_state
 
     from megatron_mio.convert import parity

@@ -11,8 +11,12 @@ The result starts training with ``python -m megatron_mio.pretrain --load ckpt/mi
 import argparse
 import sys
 
-from megatron_mio.convert import convert_from_hf
-from megatron_mio.convert.vocab import NEW_TOKEN_INITS
+from megatron_mio import platform
+
+platform.quiet_import_warnings()  # before megatron-core is imported
+
+from megatron_mio.convert import convert_from_hf  # noqa: E402
+from megatron_mio.convert.vocab import NEW_TOKEN_INITS  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -13,8 +13,12 @@ import sys
 
 import torch
 
-from megatron_mio.convert import convert_to_hf
-from megatron_mio.convert.hf_io import parse_size
+from megatron_mio import platform
+
+platform.quiet_import_warnings()  # before megatron-core is imported
+
+from megatron_mio.convert import convert_to_hf  # noqa: E402
+from megatron_mio.convert.hf_io import parse_size  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -16,6 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megatron_mio import platform  # noqa: E402
+
+platform.quiet_import_warnings()  # before megatron-core is imported
+
 from megatron_mio.data.mixture import (  # noqa: E402
     MixtureError, build_mixture_dataset, load_mixture, mixture_statistics, parse_data_path,
 )
@@ -58,11 +62,14 @@ def print_text(stats: dict) -> None:
     shares = ", ".join(f"{name} {100 * v:.1f}%" for name, v in stats["token_share"].items())
     print(f"share of training tokens: {shares}")
     print(f"{'type':<20} {'weight':>7} {'documents':>11} {'packs':>9} {'fill':>7} {'dropped':>8} "
-          f"{'docs/pack':>9}  prefix")
+          f"{'docs/pack':>9} {'coverage':>8}  prefix")
     for d in stats["datasets"]:
+        coverage = "n/a" if d["coverage"] is None else f"{100 * d['coverage']:.2f}%"
         print(f"{d['type'][:20]:<20} {d['weight']:>7.3f} {d['documents']:>11,} {d['packs']:>9,} "
               f"{100 * d['efficiency']:>6.2f}% {d['dropped_too_long']:>8,} "
-              f"{d['mean_documents_per_pack']:>9.2f}  {d['prefix']}")
+              f"{d['mean_documents_per_pack']:>9.2f} {coverage:>8}  {d['prefix']}")
+    print("coverage: packed tokens / tokens the preprocessing report says were written "
+          "(n/a: no P.report.json)")
 
 
 def main(argv=None) -> int:
@@ -82,6 +89,8 @@ def main(argv=None) -> int:
         print(json.dumps(stats, indent=1))
     else:
         print_text(stats)
+    for warning in stats["warnings"]:
+        print(f"pack_stats: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -18,6 +18,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from megatron_mio import platform  # noqa: E402
+
+platform.quiet_import_warnings()  # before megatron-core is imported
+
 from megatron_mio.model.presets import PRESETS, get_preset  # noqa: E402
 from megatron_mio.tokenizer.vocab import MIO_VOCAB_SIZE_FOR_YI  # noqa: E402
 from megatron_mio.training import memory_plan as mp  # noqa: E402

@@ -3,7 +3,8 @@
 ``layout``: the tensor mapping (names, QKV grouping, fused gated MLP); ``hf_config``: the
 Llama config and what we refuse; ``vocab``: vocabulary extension and TP padding; ``hf_io`` /
 ``megatron_io``: streaming readers and writers; ``from_hf`` / ``to_hf``: the two directions;
-``decoding``: the paper's decoding presets for inference.
+``parity``: logits of both sides for ``tools/compare_logits.py``.  Generation lives in
+``megatron_mio.inference``.
 """
 
 from megatron_mio.convert.from_hf import convert_from_hf

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from megatron_mio.convert import layout as L
-from megatron_mio.convert.decoding import DECODING_PRESETS
+from megatron_mio.inference.presets import DECODING_PRESETS
 from megatron_mio.convert.description import SPECIAL_ID_FIELDS, description_from_checkpoint, preset_of
 from megatron_mio.convert.from_hf import TOKENIZER_SUBDIR
 from megatron_mio.convert.hf_config import llama_config

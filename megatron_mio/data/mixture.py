@@ -8,7 +8,10 @@ sequences per batch and its dataset prefixes::
       language:        {weight: 2,  prefixes: [/data/refinedweb/pages_00, /data/refinedweb/pages_01]}
       speech_text_pair: {weight: 2, prefixes: [/data/libriheavy/asr_tts]}
 
-Relative prefixes are resolved against the directory of the YAML file.  Weights must be > 0: a
+Relative prefixes are resolved against the directory of the YAML file.  A prefix may be a glob
+(``/data/laion_coco/pairs-*``: the shards ``tools/preprocess_data.py`` writes per Slurm array
+task): it stands for the datasets whose ``.idx`` it matches, in sorted order; a pattern that
+matches none is an error naming it.  Weights must be > 0: a
 type the stage does not use is left out (a zero weight is an error, so a typo cannot silently
 drop data).  Inside a type, prefixes share the type's weight in proportion to their numbers of
 packs, so every pack of the type is equally likely.  ``--data-path w1 p1 w2 p2 ...``
@@ -22,6 +25,8 @@ dataset of its target (see ``packing.blend_indices``).
 
 from __future__ import annotations
 
+import glob
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -32,7 +37,7 @@ import yaml
 from megatron_mio.data.batch import Modality
 from megatron_mio.data.packed_dataset import BlendedPackedDataset, PackedDataset
 from megatron_mio.data.packing import DEFAULT_WINDOW
-from megatron_mio.data.validate import validate_packed_source
+from megatron_mio.data.validate import LOSS_MASK_SUFFIX, validate_packed_source
 
 
 class MixtureError(ValueError):
@@ -115,9 +120,26 @@ def load_mixture(path: str | os.PathLike) -> Mixture:
         if not isinstance(prefixes, list) or not prefixes or not all(isinstance(p, str) for p in prefixes):
             raise MixtureError(f"{where('types', name, 'prefixes')}: expected a non-empty list of "
                                "dataset prefixes")
-        resolved = tuple(p if os.path.isabs(p) else os.path.join(base, p) for p in prefixes)
+        resolved = []
+        for i, prefix in enumerate(prefixes):
+            prefix = prefix if os.path.isabs(prefix) else os.path.join(base, prefix)
+            matches = expand_prefix(prefix)
+            if not matches:
+                raise MixtureError(f"{where('types', name, 'prefixes', i)}: the pattern {prefix!r} "
+                                   f"matches no dataset (no file {prefix}.idx)")
+            resolved += matches
+        resolved = tuple(resolved)
         types.append(DataType(name=str(name), weight=weight, prefixes=resolved))
     return Mixture(types=tuple(types), source=path)
+
+
+def expand_prefix(prefix: str) -> list[str]:
+    """A dataset prefix, or the sorted prefixes of the datasets a glob pattern matches (by their
+    token ``.idx``; loss-mask indices are not datasets of their own)."""
+    if not glob.has_magic(prefix):
+        return [prefix]
+    found = (path[: -len(".idx")] for path in glob.glob(prefix + ".idx"))
+    return sorted(p for p in found if not p.endswith(LOSS_MASK_SUFFIX))
 
 
 def parse_data_path(values: list[str]) -> Mixture:
@@ -192,13 +214,56 @@ def modality_token_counts(ds: PackedDataset, table: np.ndarray | None) -> np.nda
     return counts
 
 
+COVERAGE_WARNING = 0.99  # warn when less of a dataset's tokens than this reach the packs
+
+
+def preprocessing_report(prefix: str) -> dict | None:
+    """``P.report.json`` of a dataset written by tools/preprocess_data.py, if there is one."""
+    from megatron_mio.data.indexed import REPORT_SUFFIX
+
+    try:
+        with open(prefix + REPORT_SUFFIX, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _coverage(ds: PackedDataset, seq_length: int) -> tuple[dict, list[str]]:
+    """Packed tokens against the tokens preprocessing wrote (and the corpus it read)."""
+    meta, report = ds.meta, preprocessing_report(ds.prefix)
+    if report is None:
+        return {"written_tokens": None, "coverage": None}, []
+    written = report["tokens"]["total"]
+    corpus = written + report["dropped"]["tokens"]
+    coverage = meta["packed_tokens"] / written if written else 1.0
+    warnings = []
+    if coverage < COVERAGE_WARNING:
+        warnings.append(
+            f"only {100 * coverage:.1f}% of the tokens preprocessing wrote reach the "
+            f"packs ({meta['packed_tokens']:,} of {written:,}): {meta['n_too_long']:,} documents "
+            f"are longer than seq_length {seq_length} (preprocessed with --seq-length "
+            f"{report['seq_length']}; use the training seq_length there so they are split)")
+    if corpus and written / corpus < COVERAGE_WARNING:
+        warnings.append(
+            f"preprocessing wrote {100 * written / corpus:.1f}% of its corpus' "
+            f"tokens ({report['dropped']['tokens']:,} dropped: see {ds.prefix}.report.json)")
+    return {"written_tokens": written, "coverage": coverage,
+            "corpus_tokens": corpus, "corpus_coverage": meta["packed_tokens"] / corpus
+            if corpus else 1.0}, warnings
+
+
 def mixture_statistics(blend: BlendedPackedDataset, modality_table: np.ndarray | None) -> dict:
-    """What an operator checks before launching: packs, fill, drops, modality shares of tokens."""
+    """What an operator checks before launching: packs, fill, drops, modality shares of tokens,
+    and how much of what preprocessing wrote reaches the packs (``warnings`` below 99%)."""
     s = blend.datasets[0].seq_length
     per_dataset, expected_tokens, expected_modality = [], 0.0, np.zeros(len(Modality))
+    warnings = []
     for ds, name, weight in zip(blend.datasets, blend.names, blend.weights):
         meta = ds.meta
         counts = modality_token_counts(ds, modality_table)
+        coverage, dataset_warnings = _coverage(ds, s)
+        label = ds.prefix if name == ds.prefix else f"{name} ({ds.prefix})"
+        warnings += [f"{label}: {w}" for w in dataset_warnings]
         per_dataset.append(dict(
             type=name, prefix=ds.prefix, weight=float(weight), documents=meta["n_documents"],
             packs=meta["n_packs"], packed_tokens=meta["packed_tokens"],
@@ -208,6 +273,7 @@ def mixture_statistics(blend: BlendedPackedDataset, modality_table: np.ndarray |
             mean_documents_per_pack=(meta["n_documents"] - meta["n_too_long"] - meta["n_empty"])
             / meta["n_packs"],
             max_documents_per_pack=meta["max_documents_in_a_pack"],
+            **coverage,
         ))
         # Each draw from this dataset yields packed_tokens / packs tokens on average.
         expected_tokens += weight * meta["packed_tokens"] / meta["n_packs"]
@@ -223,4 +289,5 @@ def mixture_statistics(blend: BlendedPackedDataset, modality_table: np.ndarray |
         cu_seqlens_length=blend.cu_seqlens_length,
         token_share={m.name.lower(): float(share[m]) for m in Modality},
         datasets=per_dataset,
+        warnings=warnings,
     )

@@ -165,3 +165,40 @@ def write_sample_corpus(directory: str | os.PathLike, seed: int = 0, scale: int 
                                    n_interleaved=6 * scale)
     return {"pretrain": write_jsonl(directory / "pretrain.jsonl", pretrain),
             "sft": write_jsonl(directory / "sft.jsonl", chat_samples(seed, n=16 * scale))}
+
+
+def long_tail_samples(seed: int = 0, n_pages: int = 60, n_interleaved: int = 20,
+                      median_sentences: float = 60.0, sigma: float = 1.0) -> list[dict]:
+    """Web-like pages with a long tail of lengths: ``language`` pages and ``interleaved``
+    pages (a paragraph, an image, a paragraph, ...; now and then a video or a speech clip) whose
+    numbers of sentences are log-normal around ``median_sentences``.  With the tests' tokenizer
+    a sentence is about 15 tokens, so the default puts most pages over 1,024 tokens."""
+    rng = random.Random(seed)
+
+    def n_sentences() -> int:
+        return max(1, min(4000, int(rng.lognormvariate(0.0, sigma) * median_sentences)))
+
+    samples = []
+    for _ in range(n_pages):
+        n, paragraphs = n_sentences(), []
+        while n > 0:
+            k = min(n, rng.randint(2, 12))
+            paragraphs.append(" ".join(_sentence(rng) for _ in range(k)))
+            n -= k
+        samples.append({"type": "language", "text": "\n".join(paragraphs)})
+    for _ in range(n_interleaved):
+        n, segments = n_sentences(), []
+        while n > 0:
+            k = min(n, rng.randint(2, 10))
+            segments.append({"text": " ".join(_sentence(rng) for _ in range(k))})
+            n -= k
+            kind = rng.choices(["image", "video", "speech"], weights=[16, 1, 1])[0]
+            if kind == "image":
+                segments.append({"image": _image(rng)})
+            elif kind == "video":
+                segments.append({"video": _video(rng)})
+            else:
+                segments.append({"speech": _speech(rng, (2.0, 10.0), rng.random() < 0.5)})
+        samples.append({"type": "interleaved", "segments": segments})
+    rng.shuffle(samples)
+    return samples

@@ -53,6 +53,7 @@ class TextRun:
 class TokenRun:
     ids: np.ndarray
     supervised: bool
+    kind: str = "token"  # "image", "video", "speech": a segment that is never cut
 
 
 class Document:
@@ -75,34 +76,50 @@ class Document:
             raise ValueError("supervised text cannot be followed by unsupervised text in one run")
         self.runs.append(TextRun(text, supervised))
 
-    def tokens(self, ids, supervised: bool | None = None) -> None:
+    def tokens(self, ids, supervised: bool | None = None, kind: str = "token") -> None:
         supervised = self.supervised if supervised is None else supervised
-        self.runs.append(TokenRun(np.asarray(ids, dtype=np.int32), supervised))
+        self.runs.append(TokenRun(np.asarray(ids, dtype=np.int32), supervised, kind))
+
+    def extend(self, other: "Document") -> None:
+        """Append another document's runs (one that starts with a token run, so no text merges
+        across the join and the encoding is the two encodings back to back)."""
+        if other.runs and isinstance(other.runs[0], TextRun) and self.runs:
+            raise ValueError("a document joined to another must start with a token run")
+        self.runs.extend(other.runs)
+
+
+def encode_runs(doc: Document, tokenizer: MIOTokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each run -> (int32 token ids, uint8 loss mask), without a bos."""
+    encoded = []
+    for run in doc.runs:
+        if isinstance(run, TokenRun):
+            encoded.append((run.ids, np.full(run.ids.size, run.supervised, dtype=np.uint8)))
+        elif run.head:
+            text_ids, n_head = tokenizer.encode_text_split(run.head, run.text)
+            run_mask = np.full(len(text_ids), run.supervised, dtype=np.uint8)
+            run_mask[:n_head] = 0
+            encoded.append((np.asarray(text_ids, dtype=np.int32), run_mask))
+        else:
+            text_ids = np.asarray(tokenizer.encode_text(run.text), dtype=np.int32)
+            encoded.append((text_ids, np.full(text_ids.size, run.supervised, dtype=np.uint8)))
+    return encoded
+
+
+def bos_run(doc: Document, tokenizer: MIOTokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """The bos every document starts with.  It is never a target (labels stay inside a
+    document); it carries the document's default so that pre-training masks are all ones and
+    SFT masks are exactly the assistant spans."""
+    return (np.array([tokenizer.bos_id], dtype=np.int32),
+            np.full(1, doc.supervised, dtype=np.uint8))
 
 
 def encode_document(doc: Document, tokenizer: MIOTokenizer) -> tuple[np.ndarray, np.ndarray]:
     """Runs -> (int32 token ids, uint8 loss mask), with a bos in front.
 
-    ``loss_mask[i]`` says whether token ``i`` is a training target.  The bos never is one (labels
-    stay inside a document); it carries the document's default so that pre-training masks are
-    all ones and SFT masks are exactly the assistant spans."""
-    ids: list[np.ndarray] = [np.array([tokenizer.bos_id], dtype=np.int32)]
-    mask: list[np.ndarray] = [np.full(1, doc.supervised, dtype=np.uint8)]
-    for run in doc.runs:
-        if isinstance(run, TokenRun):
-            ids.append(run.ids)
-            mask.append(np.full(run.ids.size, run.supervised, dtype=np.uint8))
-        elif run.head:
-            text_ids, n_head = tokenizer.encode_text_split(run.head, run.text)
-            ids.append(np.asarray(text_ids, dtype=np.int32))
-            run_mask = np.full(len(text_ids), run.supervised, dtype=np.uint8)
-            run_mask[:n_head] = 0
-            mask.append(run_mask)
-        else:
-            text_ids = np.asarray(tokenizer.encode_text(run.text), dtype=np.int32)
-            ids.append(text_ids)
-            mask.append(np.full(text_ids.size, run.supervised, dtype=np.uint8))
-    return np.concatenate(ids), np.concatenate(mask)
+    ``loss_mask[i]`` says whether token ``i`` is a training target."""
+    encoded = [bos_run(doc, tokenizer)] + encode_runs(doc, tokenizer)
+    return (np.concatenate([ids for ids, _ in encoded]),
+            np.concatenate([mask for _, mask in encoded]))
 
 
 def format_document(doc: Document, tokenizer: MIOTokenizer) -> str:
@@ -123,15 +140,16 @@ class TemplateRenderer:
 
     # -- modality parts ------------------------------------------------------------------
     def _image(self, doc: Document, codes: np.ndarray, supervised=None) -> None:
-        doc.tokens(self.tokenizer.image_ids(codes), supervised)
+        doc.tokens(self.tokenizer.image_ids(codes), supervised, kind="image")
 
     def _video(self, doc: Document, frames: np.ndarray, supervised=None) -> None:
-        doc.tokens(np.concatenate([self.tokenizer.image_ids(f) for f in frames]), supervised)
+        doc.tokens(np.concatenate([self.tokenizer.image_ids(f) for f in frames]), supervised,
+                   kind="video")
 
     def _speech(self, doc: Document, speech: S.Speech, generated: bool, supervised=None) -> None:
         """Speech as input: content codes only; as output: the sequential four codebooks."""
         timbre = speech.timbre if generated else None
-        doc.tokens(self.tokenizer.speech_ids(speech.content, timbre), supervised)
+        doc.tokens(self.tokenizer.speech_ids(speech.content, timbre), supervised, kind="speech")
 
     def _parts(self, doc: Document, parts: list[S.Part], speech_generated, supervised=None) -> None:
         """Content parts joined by ``PART_SEPARATOR``; ``speech_generated(speech)`` tells the
@@ -209,23 +227,39 @@ class TemplateRenderer:
         """Yi ChatML: ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message, the system
         prompt of the chat's mode first (unless the chat brings its own); loss on assistant
         content and its ``<|im_end|>`` only."""
-        doc = Document(supervised=False)
+        system, exchanges = self.render_chat_exchanges(chat)
+        for exchange in exchanges:
+            system.extend(exchange)
+        return system
+
+    def render_chat_exchanges(self, chat: S.Chat) -> tuple[Document, list[Document]]:
+        """The system message and the exchanges of a chat, each its own run list: an exchange
+        is a user turn and the assistant turns that answer it (a chat may open with an assistant
+        turn: that is an exchange too).  Every message starts with the ``<|im_start|>`` token, so
+        the exchanges' encodings back to back are the whole chat's encoding."""
         messages = chat.messages
         if messages[0].role != "system":
             messages = [S.Message("system", [("text", SYSTEM_PROMPTS[chat.mode])])] + messages
-        for message in messages:
-            assistant = message.role == "assistant"
-            doc.tokens([self.tokenizer.im_start_id])
-            doc.text(f"{message.role}\n")
-            if message.role == "system":
-                self._system_prompt(doc, message.parts)
-            else:
-                self._parts(doc, message.parts, speech_generated=lambda s: assistant,
-                            supervised=assistant)
-            doc.tokens([self.tokenizer.im_end_id], supervised=assistant)
-            doc.text("\n")
-        return doc
+        system = Document(supervised=False)
+        self._message(system, messages[0])
+        exchanges: list[Document] = []
+        for message in messages[1:]:
+            if message.role == "user" or not exchanges:
+                exchanges.append(Document(supervised=False))
+            self._message(exchanges[-1], message)
+        return system, exchanges
 
+    def _message(self, doc: Document, message: S.Message) -> None:
+        assistant = message.role == "assistant"
+        doc.tokens([self.tokenizer.im_start_id])
+        doc.text(f"{message.role}\n")
+        if message.role == "system":
+            self._system_prompt(doc, message.parts)
+        else:
+            self._parts(doc, message.parts, speech_generated=lambda s: assistant,
+                        supervised=assistant)
+        doc.tokens([self.tokenizer.im_end_id], supervised=assistant)
+        doc.text("\n")
 
     def _system_prompt(self, doc: Document, parts: list[S.Part]) -> None:
         """System text may name tokens (the voice prompt says ``<spch>`` ... ``</spch>``): they

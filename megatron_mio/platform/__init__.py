@@ -9,6 +9,9 @@ imported and enabled only when ``use_cpu`` is true.
 from __future__ import annotations
 
 import os
+import re
+import sys
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -78,6 +81,39 @@ def setup(use_cpu: bool = False) -> Platform:
     index = local_device_index()
     torch.cuda.set_device(index)
     return Platform(device=torch.device("cuda", index), backend="nccl", use_cpu=False)
+
+
+def describe(platform: Platform, attention_backend: str) -> str:
+    """The one start-up line of a CLI: device, process-group backend and attention backend."""
+    device = platform.device
+    name = "" if platform.use_cpu else f" ({torch.cuda.get_device_name(device)})"
+    return f"device {device}{name} ({platform.backend}), attention backend {attention_backend}"
+
+
+# megatron-core warns from every module that has a fallback (optimizers, norms, multi-tensor
+# kernels: six warnings, each at its own place) that transformer-engine / apex are missing.
+_MISSING_FUSED = re.compile(r"(Transformer Engine|Apex)\b.*\bnot installed", re.IGNORECASE)
+_SHOWN = {"missing_fused": False}
+
+
+def quiet_import_warnings() -> None:
+    """Show megatron-core's "transformer-engine / apex not installed" warnings once per process,
+    as one line; every other warning is shown as before.  CLIs call this before importing
+    megatron-core."""
+    original = warnings.showwarning
+    if getattr(original, "_mio_quiet", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not _MISSING_FUSED.search(str(message)):
+            return original(message, category, filename, lineno, file, line)
+        if not _SHOWN["missing_fused"]:
+            _SHOWN["missing_fused"] = True
+            print("warning: megatron-core: transformer-engine and apex are not installed; using its "
+                  "torch fallbacks (optimizers, norms, multi-tensor kernels)", file=file or sys.stderr)
+
+    show._mio_quiet = True
+    warnings.showwarning = show
 
 
 def init_distributed(platform: Platform, timeout_minutes: int = 30) -> None:

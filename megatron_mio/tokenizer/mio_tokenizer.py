@@ -297,6 +297,17 @@ class MIOTokenizer:
         return SpeechSegment(content=local[layers == 0], complete=False, codes=codes)
 
     # ---------------------------------------------------------------------------- tables
+    def image_code_ids(self) -> np.ndarray:
+        """int32 [8192]: the id of every SEED-Tokenizer code ``<img0>``..``<img8191>``."""
+        return self._image_lut.copy()
+
+    def speech_code_ids(self, codebook: int) -> np.ndarray:
+        """int32 [1024]: the ids of one SpeechTokenizer codebook (0 = content, 1..3 = timbre)."""
+        if not 0 <= codebook < V.SPEECH_CODEBOOKS:
+            raise ValueError(f"codebook {codebook} is outside 0..{V.SPEECH_CODEBOOKS - 1}")
+        size = V.SPEECH_CODEBOOK_SIZE
+        return self._speech_lut[codebook * size:(codebook + 1) * size].copy()
+
     def modality_table(self) -> np.ndarray:
         """uint8 [vocab_size]: the ``Modality`` of every id (IMAGE/SPEECH codes and wrappers)."""
         # Imported here: batch.py pulls in torch, which the tokenizer tools do not need.

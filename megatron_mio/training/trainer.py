@@ -50,6 +50,8 @@ def initialize(args) -> mio_platform.Platform:
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
+        # Every group, not only the default one: a rank waiting on a lost peer gives up then.
+        distributed_timeout_minutes=args.distributed_timeout_minutes,
     )
     seed = args.seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(seed)
@@ -79,8 +81,8 @@ def build_model(args, preset, plat) -> list[DistributedDataParallel]:
     """This rank's model chunks (one, or one per virtual stage), wrapped in megatron's DDP."""
     fusions = plan_fusions(args.attention_backend, plat.device.type, refused_fusions(args))
     if torch.distributed.get_rank() == 0:
-        log.info("attention backend %s on %s; fusions: %s; gradients reduced in %s", args.attention_backend,
-                 plat.device.type, fusions.describe(), "fp32" if args.accumulate_allreduce_grads_in_fp32 else "the model dtype")
+        log.info("fusions: %s; gradients reduced in %s", fusions.describe(),
+                 "fp32" if args.accumulate_allreduce_grads_in_fp32 else "the model dtype")
     config = build_transformer_config(
         preset,
         tensor_parallel_size=args.tensor_model_parallel_size,
@@ -198,6 +200,8 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     resume = find_checkpoint(args)  # files only: a bad --load fails before any rank starts up
     check_schedule(args, resume)
     plat = initialize(args)
+    if torch.distributed.get_rank() == 0:
+        log.info(mio_platform.describe(plat, args.attention_backend))
     preset = model_preset(args)
     args.true_vocab_size = mio_data.tokenizer_vocab_size(args)
     args.padded_vocab_size = padded_vocab_for_load(

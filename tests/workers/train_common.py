@@ -90,7 +90,9 @@ ITERS = ["--train-iters", "4"]
 # Parallel layouts on 2 ranks, each trained 4 iterations from the same initial weights.
 LAYOUTS = {
     "tp2": ["--tensor-model-parallel-size", "2", "--save-interval", "3"],
-    "pp2": ["--pipeline-model-parallel-size", "2", "--use-distributed-optimizer", "--save-interval", "3"],
+    # Saved fully reshardable: tests/test_checkpoint.py resumes it at PP=1.
+    "pp2": ["--pipeline-model-parallel-size", "2", "--use-distributed-optimizer", "--dist-ckpt-optim-fully-reshardable",
+            "--save-interval", "3"],
     # Interleaved: 2 ranks x 2 virtual stages of one layer (rank 0: layers 1, 3; rank 1: 2, 4),
     # with the plain (non-distributed) optimizer, so both optimizers' checkpoints are exercised.
     "vpp2": ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1",

@@ -1,4 +1,4 @@
-"""Decoding presets for Hugging Face inference, per output modality (DESIGN.md, Table 8).
+"""The paper's decoding presets for Hugging Face inference, per output modality (DESIGN.md, Table 8).
 
 text: beam search with 5 beams, no sampling; image, speech, video: sampling with top-p 0.7.
 Repetition penalty 1.0 for text and image, 1.15 for speech and video; temperature 1.0.

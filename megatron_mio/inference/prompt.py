@@ -1,0 +1,30 @@
+"""The prompt: MIO's SFT ChatML template (``megatron_mio.data.templates``) and the assistant header.
+
+The prompt is rendered by the template the model was fine-tuned on (same system prompts, same
+ChatML layout, one bos in front), not by a copy of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from megatron_mio.data import schema as S
+from megatron_mio.data.templates import TemplateRenderer, encode_document
+from megatron_mio.tokenizer import MIOTokenizer
+
+MODES = S.CHAT_MODES  # "std", "voice": the system prompt
+
+
+def chat_prompt_ids(tokenizer: MIOTokenizer, text: str, mode: str = "std",
+                    image_codes=None, speech_codes=None) -> list[int]:
+    """bos + system + user turn (optional image / speech input) + ``<|im_start|>assistant\\n``."""
+    parts: list = []
+    if image_codes is not None:
+        parts.append(("image", np.asarray(image_codes, dtype=np.int64)))
+    if speech_codes is not None:
+        parts.append(("speech", S.Speech(content=np.asarray(speech_codes, dtype=np.int64), timbre=None)))
+    parts.append(("text", text))
+    chat = S.Chat(mode=mode, messages=[S.Message("user", parts)])
+    ids, _ = encode_document(TemplateRenderer(tokenizer, "sft").render_chat(chat), tokenizer)
+    header = [tokenizer.im_start_id, *tokenizer.encode_text("assistant\n")]
+    return [*ids.tolist(), *header]
