@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 RANK0_GRACE_SECONDS = 20.0
 
 
-def report_mistake(err: ConfigError) -> None:
+def report_mistake(err: Exception) -> None:
     """One line, no traceback, from rank 0 only.
 
     Every rank finds the same mistake (arguments and files are checked before the ranks meet).
