@@ -237,7 +237,7 @@ mio_train_args() {
     MIO_ARGS+=(--save "$CKPT_DIR" --metrics-file "$METRICS_FILE")
     if [[ -f $CKPT_DIR/latest_checkpointed_iteration.txt ]]; then
         mio_log "resuming from $CKPT_DIR (iteration $(cat "$CKPT_DIR/latest_checkpointed_iteration.txt"))"
-        MIO_ARGS+=(--load "$CKPT_DIR")
+        MIO_ARGS+=(--load "$CKPT_DIR" --allow-missing-checkpoint)
     elif [[ -n ${LOAD_DIR:-} ]]; then
         mio_log "starting from the weights in $LOAD_DIR"
         MIO_ARGS+=(--load "$LOAD_DIR" --finetune)

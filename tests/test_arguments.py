@@ -71,10 +71,11 @@ def test_bad_combinations(argv, world, match):
 
 @pytest.mark.parametrize("stage,iters,batch", [("stage1", 24800, 2048), ("stage2", 12800, 2048),
                                                 ("stage3", 32200, 128), ("sft", 3000, 128)])
-def test_stage_configs_hold_the_paper_defaults(stage, iters, batch):
+def test_stage_configs_hold_the_paper_defaults(stage, iters, batch, mio_tokenizer_dir):
     config = str(REPO / "examples" / "configs" / f"{stage}.yaml")
     gpus = batch // 16
-    args = parse_args(["--config", config, "--tokenizer-model", "tok"], world_size=gpus)
+    # A real tokenizer directory: --tokenizer-model is checked while parsing.
+    args = parse_args(["--config", config, "--tokenizer-model", mio_tokenizer_dir], world_size=gpus)
     assert (args.train_iters, args.global_batch_size, args.seq_length) == (iters, batch, 2800)
     assert (args.lr, args.lr_decay_style, args.lr_warmup_fraction, args.clip_grad) == (3e-5, "cosine", 0.03, 1.0)
     assert args.optimizer == "adam" and args.bf16 and args.model_preset == "yi-6b"

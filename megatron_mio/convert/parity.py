@@ -59,6 +59,7 @@ def _load_model_chunk(checkpoint_dir, description: dict, tp: int, pp: int, backe
     from megatron.core import dist_checkpointing, parallel_state
 
     from megatron_mio.model import build_gpt_model, build_transformer_config
+    from megatron_mio.model.vocab_padding import mask_vocab_padding
 
     preset = preset_of(description)
     padded = description.get("padded_vocab_size") or padded_vocab_size(description["vocab_size"], 128, tp)
@@ -68,6 +69,7 @@ def _load_model_chunk(checkpoint_dir, description: dict, tp: int, pp: int, backe
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
     )
+    mask_vocab_padding(model, description["vocab_size"])
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(checkpoint_dir))
     model.load_state_dict(loaded["model"], strict=True)
     model.eval()

@@ -60,6 +60,10 @@ class MIOTokenizer:
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
+        if not (self.directory / TOKENIZER_JSON).is_file():
+            what = "no such directory" if not self.directory.is_dir() else f"no {TOKENIZER_JSON} in it"
+            raise FileNotFoundError(f"{self.directory}: {what}, so not a MIO tokenizer directory "
+                                    f"(tools/build_tokenizer.py builds one)")
         self._fast = Tokenizer.from_file(str(self.directory / TOKENIZER_JSON))
         self.vocab: dict[str, int] = self._fast.get_vocab(with_added_tokens=True)
         self.vocab_size = max(self.vocab.values()) + 1

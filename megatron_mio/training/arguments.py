@@ -27,11 +27,19 @@ MODEL_OVERRIDES = tuple(field.name for field in dataclasses.fields(ModelPreset))
 
 
 class ConfigError(ValueError):
-    """A bad --config file or a bad combination of arguments."""
+    """A mistake in the run's inputs (flags, --config file, tokenizer, checkpoint) that the user
+    fixes: ``python -m megatron_mio.pretrain`` prints it as one line on rank 0 and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError instead of printing usage and exiting on every rank."""
+
+    def error(self, message):
+        raise ConfigError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m megatron_mio.pretrain",
         description="Train MIO (Yi-6B + multimodal tokens) with megatron-core.",
         allow_abbrev=False,
@@ -125,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("checkpoints")
     g.add_argument("--save", default=None)
-    g.add_argument("--load", default=None)
+    g.add_argument("--load", default=None, help="resume from (or, with --finetune, take the weights of) this checkpoint directory")
+    g.add_argument("--ckpt-step", type=int, default=None,
+                   help="load this iteration of --load instead of the latest (e.g. to skip a damaged checkpoint)")
+    g.add_argument("--allow-missing-checkpoint", action="store_true",
+                   help="start from scratch when --load holds no checkpoint yet (the launch scripts' resume); "
+                        "without it a --load with no checkpoint is an error")
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--finetune", action="store_true", help="load model weights only: iteration 0, fresh optimizer and schedule")
     g.add_argument("--no-load-optim", action="store_true")
@@ -243,6 +256,7 @@ def model_preset(args: argparse.Namespace) -> ModelPreset:
 def finalize(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     """Check combinations and derive sizes (data-parallel size, micro-batches, warmup)."""
     args.world_size = world_size
+    _check_ranges(args)
     if args.attention_backend is None:
         args.attention_backend = default_backend()
     if args.attention_backend not in available_backends():
@@ -307,4 +321,65 @@ def finalize(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ConfigError("--eval-interval with --eval-iters needs --valid-data-path or --valid-data-config")
     if args.tokenizer_model is None and args.vocab_size is None:
         raise ConfigError("give --tokenizer-model (the MIO tokenizer directory) or --vocab-size")
+    if args.seq_length > preset.max_position_embeddings:
+        raise ConfigError(
+            f"--seq-length {args.seq_length} is longer than the model's --max-position-embeddings "
+            f"{preset.max_position_embeddings} (preset {args.model_preset}): shorten --seq-length or raise "
+            f"--max-position-embeddings"
+        )
+    _check_paths(args)
     return args
+
+
+# The smallest value each flag accepts.
+_MINIMUM = {
+    "lr": 0.0, "min_lr": 0.0, "lr_warmup_init": 0.0, "weight_decay": 0.0, "start_weight_decay": 0.0,
+    "end_weight_decay": 0.0, "adam_eps": 0.0, "clip_grad": 0.0, "lr_warmup_iters": 0, "train_iters": 0,
+    "micro_batch_size": 1, "seq_length": 1, "log_interval": 1, "make_vocab_size_divisible_by": 1,
+    "tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1,
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    """Values that would fail deep inside torch or megatron-core, after the model is built."""
+    for dest, low in _MINIMUM.items():
+        value = getattr(args, dest)
+        if value is not None and value < low:
+            raise ConfigError(f"{_flag(dest)} {value} is invalid: it must be at least {low}")
+    if args.min_lr > args.lr:
+        raise ConfigError(f"--min-lr {args.min_lr} is above --lr {args.lr}: the schedule decays from --lr to --min-lr")
+    for dest in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(args, dest) < 1.0:
+            raise ConfigError(f"{_flag(dest)} {getattr(args, dest)} is invalid: it must be in [0, 1)")
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Inputs that must exist, checked before any process group or model exists."""
+    if args.tokenizer_model:
+        _check_tokenizer(args.tokenizer_model)
+    if args.load and not os.path.isdir(args.load) and not (args.allow_missing_checkpoint and not args.finetune):
+        what = "the checkpoint to take the weights from for --finetune" if args.finetune else "a checkpoint directory"
+        hint = "" if args.finetune else "; pass --allow-missing-checkpoint to start from scratch when it does not exist yet"
+        raise ConfigError(f"--load {args.load}: no such directory (expected {what}){hint}")
+    if args.ckpt_step is not None and not args.load:
+        raise ConfigError("--ckpt-step needs --load (the directory that holds that iteration)")
+
+
+def _check_tokenizer(path: str) -> None:
+    from megatron_mio.tokenizer import MIOTokenizer
+    from megatron_mio.tokenizer.build import TOKENIZER_JSON
+
+    build = "build one with: python tools/build_tokenizer.py --base <Yi tokenizer.model or dir> --output DIR"
+    if not os.path.isdir(path):
+        raise ConfigError(f"--tokenizer-model {path}: no such directory ({build})")
+    if not os.path.isfile(os.path.join(path, TOKENIZER_JSON)):
+        raise ConfigError(f"--tokenizer-model {path} has no {TOKENIZER_JSON}, so it is not a MIO tokenizer "
+                          f"directory (a base SentencePiece model needs the MIO tokens added: {build})")
+    try:
+        MIOTokenizer(path)
+    except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad tokenizer.json
+        raise ConfigError(f"--tokenizer-model {path} is not a usable MIO tokenizer: {err} ({build})") from None

@@ -22,7 +22,10 @@ State-dict keys (what ``iter_N`` holds):
 - ``iteration``, ``consumed_samples``, ``checkpoint_version``, ``args`` (layout and model shape).
 
 ``--load`` resumes model, optimizer, schedule, RNG (when the layout is unchanged), iteration and
-consumed samples.  ``--finetune`` takes the model weights only.
+consumed samples, from the latest complete iteration or ``--ckpt-step N``.  ``--finetune`` takes
+the model weights only.  A ``--load`` without a checkpoint is an error unless
+``--allow-missing-checkpoint``; a checkpoint whose files are shorter than its index says is an
+error naming the file and the earlier iterations to fall back to (``find_checkpoint``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import os
 import random
 import shutil
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -42,6 +45,8 @@ from megatron.core.dist_checkpointing.serialization import StrictHandling
 from megatron.core.utils import unwrap_model
 
 from megatron_mio.model import padded_vocab_size
+from megatron_mio.training.arguments import ConfigError
+from megatron_mio.training.resume import loads_schedule, retarget_param_groups
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +156,104 @@ def layout(args) -> dict:
     }
 
 
-def saved_layout(load_root: str | None) -> dict | None:
-    """The ``args`` (layout) recorded by ``--load``'s latest checkpoint, or None when there is none.
+class CheckpointError(ConfigError):
+    """``--load`` names no usable checkpoint (missing, incomplete or damaged)."""
 
-    Read before the model is built: the layout decides sizes (the padded vocabulary) of this run.
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a run starts from, found and checked before anything is built."""
+
+    iteration: int
+    directory: str
+    common: dict  # the non-sharded state: iteration, consumed samples, schedule, layout (``args``)
+
+    @property
+    def layout(self) -> dict | None:
+        return self.common.get("args")
+
+
+def saved_iterations(root: str) -> list[int]:
+    """The iterations with an ``iter_*`` directory under ``root``, in order."""
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        if name.startswith("iter_") and name[5:].isdigit() and os.path.isdir(os.path.join(root, name)):
+            found.append(int(name[5:]))
+    return sorted(found)
+
+
+def find_checkpoint(args) -> ResumePoint | None:
+    """``--load``'s checkpoint (``--ckpt-step``, else the latest complete one), or None when
+    ``--allow-missing-checkpoint`` lets a run start without one.
+
+    Reads only files (no process group, no model), so every rank reaches the same verdict and a
+    bad ``--load`` fails in seconds, naming the directory, the iteration and the file.
     """
-    iteration = read_tracker(load_root) if load_root else None
-    if iteration is None:
+    root = args.load
+    if not root:
         return None
-    common = dist_checkpointing.load_common_state_dict(iteration_dir(load_root, iteration))
-    return common.get("args")
+    if args.ckpt_step is not None:
+        iteration = args.ckpt_step
+        if not os.path.isdir(iteration_dir(root, iteration)):
+            raise CheckpointError(f"--ckpt-step {iteration}: {iteration_dir(root, iteration)} does not exist "
+                                  f"(iterations saved in {root}: {_listing(root)})")
+    else:
+        try:
+            iteration = read_tracker(root)
+        except ValueError as err:
+            raise CheckpointError(f"--load {root}: {err}; pass --ckpt-step N to choose an iteration "
+                                  f"({_listing(root)})") from None
+        if iteration is None:
+            if args.finetune or not args.allow_missing_checkpoint:
+                purpose = "to take the weights from (--finetune)" if args.finetune else "to resume from"
+                hint = "" if args.finetune else "; pass --allow-missing-checkpoint to start from scratch when there is none yet"
+                raise CheckpointError(f"--load {root}: no checkpoint {purpose} ({TRACKER} is missing; "
+                                      f"iterations saved: {_listing(root)}){hint}")
+            log.warning("no checkpoint in %s (%s missing): starting from scratch (--allow-missing-checkpoint)",
+                        root, TRACKER)
+            return None
+    directory = iteration_dir(root, iteration)
+    check_checkpoint_files(root, iteration)
+    try:
+        common = dist_checkpointing.load_common_state_dict(directory)
+    except Exception as err:  # noqa: BLE001 - any failure to read it means the same to the user
+        raise CheckpointError(_damaged(root, iteration, f"its common state cannot be read ({type(err).__name__}: {err})")) from None
+    return ResumePoint(iteration, directory, common)
+
+
+def check_checkpoint_files(root: str, iteration: int) -> None:
+    """Every file of a torch_dist checkpoint is present and as long as its index says."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    directory = iteration_dir(root, iteration)
+    try:
+        metadata = FileSystemReader(directory).read_metadata()
+    except Exception as err:  # noqa: BLE001 - missing, truncated or not a pickle
+        raise CheckpointError(_damaged(root, iteration, f"its index {os.path.join(directory, '.metadata')} cannot be read "
+                                                        f"({type(err).__name__}: {err})")) from None
+    needed: dict[str, int] = {}
+    for item in metadata.storage_data.values():
+        needed[item.relative_path] = max(needed.get(item.relative_path, 0), item.offset + item.length)
+    for name, length in sorted(needed.items()):
+        path = os.path.join(directory, name)
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size is None or size < length:
+            found = "is missing" if size is None else f"has {size} bytes"
+            raise CheckpointError(_damaged(root, iteration, f"{path} {found}, its index needs {length}"))
+
+
+def _listing(root: str) -> str:
+    iterations = saved_iterations(root)
+    return ", ".join(str(i) for i in iterations) if iterations else "none"
+
+
+def _damaged(root: str, iteration: int, what: str) -> str:
+    earlier = [i for i in saved_iterations(root) if i < iteration]
+    fallback = (f"resume from an earlier one with --ckpt-step {earlier[-1]} (saved: {', '.join(map(str, earlier))})"
+                if earlier else f"there is no earlier checkpoint in {root}: restore the file or start without --load")
+    return f"checkpoint iteration {iteration} in {root} is damaged: {what}; {fallback}"
 
 
 def padded_vocab_for_load(vocab_size: int, divisible_by: int, tensor_parallel_size: int,
@@ -281,17 +374,10 @@ class Checkpointer:
             self.async_queue.close()
 
     # ---- load -------------------------------------------------------------------------------
-    def load(self, model, optimizer, scheduler) -> tuple[int, int]:
-        """Load ``--load``'s latest checkpoint; returns (iteration, consumed samples)."""
+    def load(self, model, optimizer, scheduler, point: ResumePoint) -> tuple[int, int]:
+        """Load the checkpoint ``find_checkpoint`` chose; returns (iteration, consumed samples)."""
         args = self.args
-        iteration = read_tracker(args.load)
-        if iteration is None:
-            if args.finetune:
-                raise FileNotFoundError(f"--finetune: no {TRACKER} in {args.load}")
-            log.warning("no checkpoint in %s (%s missing): starting from scratch", args.load, TRACKER)
-            return 0, 0
-        directory = iteration_dir(args.load, iteration)
-        common = dist_checkpointing.load_common_state_dict(directory)
+        iteration, directory, common = point.iteration, point.directory, point.common
         saved = common.get("args", {})
         same_layout = all(saved.get(k) == getattr(args, k) for k in _LAYOUT_KEYS)
         if saved.get("padded_vocab_size") not in (None, args.padded_vocab_size):
@@ -304,7 +390,7 @@ class Checkpointer:
                 directory, saved.get("padded_vocab_size"), args.padded_vocab_size,
             )
         weights_only = args.finetune
-        load_optim = not weights_only and not args.no_load_optim and "opt_param_scheduler" in common
+        load_optim = loads_schedule(args, common)
         load_rng = not weights_only and not args.no_load_rng and same_layout
         saved_meta = saved_optimizer_metadata(directory)
         if load_optim:
@@ -326,6 +412,8 @@ class Checkpointer:
             log.info("loaded model weights from %s (iteration %d); starting at iteration 0", directory, iteration)
             return 0, 0
         if load_optim:
+            if args.override_opt_param_scheduler:  # new --lr / --min-lr: see resume.py
+                retarget_param_groups(loaded["optimizer"], common["opt_param_scheduler"], args)
             optimizer.load_state_dict(loaded["optimizer"])
             scheduler.load_state_dict(loaded["opt_param_scheduler"])
         if load_rng:

@@ -25,11 +25,13 @@ from megatron.core.transformer.module import Float16Module
 from megatron_mio import platform as mio_platform
 from megatron_mio.model import build_gpt_model, build_transformer_config
 from megatron_mio.model.fusions import plan_fusions
+from megatron_mio.model.vocab_padding import mask_vocab_padding
 from megatron_mio.training import data as mio_data
 from megatron_mio.training.arguments import model_preset, parse_args, refused_fusions
-from megatron_mio.training.checkpointing import Checkpointer, padded_vocab_for_load, saved_layout
+from megatron_mio.training.checkpointing import Checkpointer, find_checkpoint, padded_vocab_for_load
 from megatron_mio.training.metrics import CountingIterator, IntervalStats, MetricsLogger
 from megatron_mio.training.optimizer import build_optimizer, build_scheduler, optimizer_step
+from megatron_mio.training.resume import check_schedule
 from megatron_mio.training.signals import ExitSignal
 from megatron_mio.training.step import forward_step
 
@@ -110,6 +112,7 @@ def build_model(args, preset, plat) -> list[DistributedDataParallel]:
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
             vp_stage=vp_stage,
         )
+        mask_vocab_padding(module, args.true_vocab_size)
         module.to(plat.device)
         if args.bf16 or args.fp16:
             module = Float16Module(config, module)
@@ -194,6 +197,8 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     args = parse_args(argv)
+    resume = find_checkpoint(args)  # files only: a bad --load fails before any rank starts up
+    check_schedule(args, resume)
     plat = initialize(args)
     if torch.distributed.get_rank() == 0:
         log.info(mio_platform.describe(plat, args.attention_backend))
@@ -201,7 +206,7 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     args.true_vocab_size = mio_data.tokenizer_vocab_size(args)
     args.padded_vocab_size = padded_vocab_for_load(
         args.true_vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size,
-        saved_layout(args.load),
+        resume.layout if resume else None,
     )
     table = mio_data.modality_table(args)
 
@@ -211,13 +216,13 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     _wire_schedule_hooks(args, model, optimizer)
     checkpointer = Checkpointer(args)
     try:
-        return _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer, forward_step_func)
+        return _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer, forward_step_func, resume)
     finally:
         checkpointer.close()
 
 
-def _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer, forward_step_func) -> dict:
-    iteration, consumed = (checkpointer.load(model, optimizer, scheduler) if args.load else (0, 0))
+def _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer, forward_step_func, resume) -> dict:
+    iteration, consumed = (checkpointer.load(model, optimizer, scheduler, resume) if resume else (0, 0))
     if args.finetune:  # weights from the checkpoint, everything else fresh
         iteration, consumed = 0, 0
 
@@ -234,7 +239,7 @@ def _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer,
     exit_signal = ExitSignal(args.exit_signal_handler, plat.device)
     stats = IntervalStats()
     skipped_total = skipped_in_a_row = 0
-    last_saved = iteration if args.load and not args.finetune else None
+    last_saved = iteration if resume and not args.finetune else None
     start = time.time()
     stop_reason = "train-iters"
 
