@@ -45,7 +45,7 @@ from megatron.core.dist_checkpointing.serialization import StrictHandling
 from megatron.core.utils import unwrap_model
 
 from megatron_mio.model import padded_vocab_size
-from megatron_mio.training.arguments import ConfigError
+from megatron_mio.training.arguments import ConfigError, model_preset
 from megatron_mio.training.resume import loads_schedule, retarget_param_groups
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,6 @@ def _rng_sharded_object(state) -> ShardedObject:
 
 def layout(args) -> dict:
     """What a checkpoint records about the run that wrote it."""
-    from megatron_mio.training.arguments import model_preset
 
     return {
         "tensor_model_parallel_size": args.tensor_model_parallel_size,
@@ -379,6 +378,7 @@ class Checkpointer:
         args = self.args
         iteration, directory, common = point.iteration, point.directory, point.common
         saved = common.get("args", {})
+        _check_same_shapes(directory, saved.get("model", {}), asdict(model_preset(args)))
         same_layout = all(saved.get(k) == getattr(args, k) for k in _LAYOUT_KEYS)
         if saved.get("padded_vocab_size") not in (None, args.padded_vocab_size):
             # megatron loads the common rows; the padding rows keep this run's initialisation
@@ -428,9 +428,20 @@ def _check_optimizer_reshardable(directory: str, saved: dict, saved_meta: dict, 
         return
     was = " ".join(f"{k}={saved.get(k)}" for k in _LAYOUT_KEYS)
     now = " ".join(f"{k}={getattr(args, k)}" for k in _LAYOUT_KEYS)
-    raise ValueError(
+    raise ConfigError(
         f"{directory}: its distributed-optimizer state was saved dp_reshardable at {was} and cannot "
         f"be loaded at {now}. Resume once at the saved layout with --dist-ckpt-optim-fully-reshardable "
         f"(and e.g. --exit-interval 1) to write a fully reshardable checkpoint, or pass --no-load-optim "
         f"to keep only the weights"
     )
+
+
+_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups")
+
+
+def _check_same_shapes(directory: str, saved: dict, wanted: dict) -> None:
+    """One clear line instead of dist_checkpointing's shape mismatch deep inside the load."""
+    differ = [f"{k} {saved[k]} (this run {wanted[k]})" for k in _SHAPE_FIELDS if k in saved and saved[k] != wanted[k]]
+    if differ:
+        raise ConfigError(f"{directory} holds another model shape: {', '.join(differ)}; pass the checkpoint's "
+                         f"--model-preset / shape flags, or --load a checkpoint of this model")
