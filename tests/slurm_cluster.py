@@ -21,6 +21,11 @@ from tests.distributed import REPO_ROOT
 
 CI = REPO_ROOT / "ci/slurm"
 
+# Slurm holds a requeued job for two minutes (Reason=BeginTime); the tests release it, but not at
+# once: slurmd refuses a credential issued in the same second as the previous run's revocation
+# ("Killing non-startable batch JobId=1: Job credential revoked"; seen here).  Send it once.
+RELEASE_REQUEUED_JOB = "StartTime=now+2"
+
 
 def run(cmd, env=None, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout, **kw)

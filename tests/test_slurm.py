@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.distributed import REPO_ROOT
-from tests.slurm_cluster import latest, metrics, one_node_cluster, read, run
+from tests.slurm_cluster import RELEASE_REQUEUED_JOB, latest, metrics, one_node_cluster, read, run
 
 SCRIPT = REPO_ROOT / "examples/pretrain_stage3.sh"
 ITERS = 24  # the preempted job's length
@@ -101,7 +101,7 @@ def _wait(env: dict, job: str, log: Path, restarts: int = 0, timeout: float = 40
     """Wait until the job has finished after ``restarts`` requeues; returns (log text, whether a
     requeue hold was released).  (``sbatch --wait`` can return early while a job is requeued,
     so the state is polled here.)  Slurm holds a requeued job for two minutes (Reason=BeginTime):
-    the test releases it at once."""
+    the test releases it (RELEASE_REQUEUED_JOB)."""
     deadline = time.time() + timeout
     released = False
     unseen_since = None
@@ -114,8 +114,8 @@ def _wait(env: dict, job: str, log: Path, restarts: int = 0, timeout: float = 40
             time.sleep(0.3)
             continue
         unseen_since = None
-        if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
-            run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env)
+        if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime" and not released:
+            run(["scontrol", "update", f"JobId={job}", RELEASE_REQUEUED_JOB], env=env)
             released = True
         text = read(log)
         # While Slurm requeues a job it briefly shows a terminal state (FAILED, Restarts already

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.distributed import REPO_ROOT
-from tests.slurm_cluster import CI, ensure_slurm_installed, latest, metrics, read, run
+from tests.slurm_cluster import CI, RELEASE_REQUEUED_JOB, ensure_slurm_installed, latest, metrics, read, run
 
 SCRIPT = REPO_ROOT / "examples/pretrain_stage1.sh"
 NODES = ("mio-n1", "mio-n2")
@@ -126,9 +126,10 @@ class Cluster:
 
     def wait(self, job: str, log: Path, restarts: int = 0, timeout: float = 400) -> str:
         """Wait until the job has completed after ``restarts`` requeues; returns its log.  A
-        requeued job is held two minutes (Reason=BeginTime): released here at once."""
+        requeued job is held two minutes (Reason=BeginTime): released here (RELEASE_REQUEUED_JOB)."""
         deadline = time.time() + timeout
         unseen_since = None
+        released = False
         while time.time() < deadline:
             fields = self.job(job)
             if not fields:
@@ -138,8 +139,9 @@ class Cluster:
                 time.sleep(0.3)
                 continue
             unseen_since = None
-            if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
-                self.client(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+            if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime" and not released:
+                self.client(["scontrol", "update", f"JobId={job}", RELEASE_REQUEUED_JOB])
+                released = True
             text = read(log)
             # While requeueing, a job briefly shows a terminal state: done means terminal after
             # the last run's launch has exited.
