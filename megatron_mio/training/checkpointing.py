@@ -45,7 +45,7 @@ from megatron.core.dist_checkpointing.serialization import StrictHandling
 from megatron.core.utils import unwrap_model
 
 from megatron_mio.model import padded_vocab_size
-from megatron_mio.training.arguments import ConfigError, model_preset
+from megatron_mio.training.arguments import ConfigError
 from megatron_mio.training.resume import loads_schedule, retarget_param_groups
 
 log = logging.getLogger(__name__)
@@ -139,18 +139,17 @@ def _rng_sharded_object(state) -> ShardedObject:
     )
 
 
-def layout(args) -> dict:
-    """What a checkpoint records about the run that wrote it."""
-
+def layout(args, run) -> dict:
+    """What a checkpoint records about the run that wrote it (``run``: a ``RunDescription``)."""
     return {
-        "tensor_model_parallel_size": args.tensor_model_parallel_size,
-        "pipeline_model_parallel_size": args.pipeline_model_parallel_size,
-        "virtual_pipeline_model_parallel_size": args.virtual_pipeline_model_parallel_size,
-        "data_parallel_size": args.data_parallel_size,
-        "model": asdict(model_preset(args)),
-        "padded_vocab_size": args.padded_vocab_size,
-        "vocab_size": args.true_vocab_size,
-        "seq_length": args.seq_length,
+        "tensor_model_parallel_size": run.tensor_parallel_size,
+        "pipeline_model_parallel_size": run.pipeline_parallel_size,
+        "virtual_pipeline_model_parallel_size": run.virtual_pipeline_parallel_size,
+        "data_parallel_size": run.data_parallel_size,
+        "model": asdict(run.preset),
+        "padded_vocab_size": run.padded_vocab_size,
+        "vocab_size": run.vocab_size,
+        "seq_length": run.seq_length,
         "bf16": args.bf16,
     }
 
@@ -297,8 +296,9 @@ def sharded_state_dict(args, model, optimizer=None, scheduler=None, *, is_loadin
 class Checkpointer:
     """Saves and loads; with ``--async-save`` the write runs in a background process."""
 
-    def __init__(self, args):
+    def __init__(self, args, run):
         self.args = args
+        self.run = run
         self.async_queue = None
         self._warmup = None
         if args.save:
@@ -335,7 +335,7 @@ class Checkpointer:
             rng=not args.no_save_rng,
         )
         state.update(iteration=iteration, consumed_samples=consumed_samples,
-                     checkpoint_version=CHECKPOINT_VERSION, args=layout(args))
+                     checkpoint_version=CHECKPOINT_VERSION, args=layout(args, self.run))
         request = dist_checkpointing.save(
             state, directory, async_sharded_save=self.async_queue is not None, async_strategy="mcore",
             content_metadata=optimizer_metadata(args.dist_ckpt_optim_fully_reshardable),
@@ -378,16 +378,16 @@ class Checkpointer:
         args = self.args
         iteration, directory, common = point.iteration, point.directory, point.common
         saved = common.get("args", {})
-        _check_same_shapes(directory, saved.get("model", {}), asdict(model_preset(args)))
+        _check_same_shapes(directory, saved.get("model", {}), asdict(self.run.preset))
         same_layout = all(saved.get(k) == getattr(args, k) for k in _LAYOUT_KEYS)
-        if saved.get("padded_vocab_size") not in (None, args.padded_vocab_size):
+        if saved.get("padded_vocab_size") not in (None, self.run.padded_vocab_size):
             # megatron loads the common rows; the padding rows keep this run's initialisation
             # and take part in the softmax, so losses differ from the saving run.
             log.warning(
                 "%s has a padded vocabulary of %s rows, this run %s (the saved size does not shard over "
                 "this tensor-parallel size): pass --make-vocab-size-divisible-by so that both pad to the "
                 "same size for an exact continuation",
-                directory, saved.get("padded_vocab_size"), args.padded_vocab_size,
+                directory, saved.get("padded_vocab_size"), self.run.padded_vocab_size,
             )
         weights_only = args.finetune
         load_optim = loads_schedule(args, common)

@@ -13,13 +13,13 @@ from megatron.core import parallel_state
 from megatron_mio.training.mock_data import mock_batches, mock_modality_table
 
 
-def modality_table(args) -> np.ndarray:
+def modality_table(args, vocab_size: int) -> np.ndarray:
     """Per-token modality lookup: from the tokenizer, or the mock split of the id space."""
     if args.tokenizer_model:
         from megatron_mio.tokenizer import MIOTokenizer
 
         return MIOTokenizer(args.tokenizer_model).modality_table()
-    return mock_modality_table(args.true_vocab_size)
+    return mock_modality_table(vocab_size)
 
 
 def tokenizer_vocab_size(args) -> int:
@@ -30,12 +30,12 @@ def tokenizer_vocab_size(args) -> int:
     return int(args.vocab_size)
 
 
-def _one_iterator(args, table, consumed_samples: int, validation: bool):
+def _one_iterator(args, vocab_size: int, table, consumed_samples: int, validation: bool):
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     if args.mock_data:
         return mock_batches(
-            seed=args.seed + (1 if validation else 0), seq_length=args.seq_length, vocab_size=args.true_vocab_size,
+            seed=args.seed + (1 if validation else 0), seq_length=args.seq_length, vocab_size=vocab_size,
             micro_batch_size=args.micro_batch_size, data_parallel_rank=dp_rank,
             data_parallel_size=dp_size, consumed_samples=consumed_samples,
         )
@@ -47,10 +47,10 @@ def _one_iterator(args, table, consumed_samples: int, validation: bool):
     )
 
 
-def train_iterators(args, table, consumed_samples: int, num_chunks: int) -> list:
-    return [_one_iterator(args, table, consumed_samples, False) for _ in range(num_chunks)]
+def train_iterators(args, vocab_size: int, table, consumed_samples: int, num_chunks: int) -> list:
+    return [_one_iterator(args, vocab_size, table, consumed_samples, False) for _ in range(num_chunks)]
 
 
-def valid_iterators(args, table, num_chunks: int) -> list:
+def valid_iterators(args, vocab_size: int, table, num_chunks: int) -> list:
     """Validation batches: the same stream at every evaluation (mock data: another seed)."""
-    return [_one_iterator(args, table, 0, True) for _ in range(num_chunks)]
+    return [_one_iterator(args, vocab_size, table, 0, True) for _ in range(num_chunks)]

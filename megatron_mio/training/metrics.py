@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 
 from megatron_mio.data.batch import Modality, valid_cu_seqlens
+from megatron_mio.training.losses import LossReport
+from megatron_mio.training.run import RunDescription
 
 # Dense (no sparsity) peak TFLOP/s per device by precision, from the vendors' data sheets.
 # Matched by substring of torch.cuda.get_device_name(), most specific first.
@@ -87,7 +89,7 @@ class CountingIterator:
 class IntervalStats:
     """Sums over the iterations since the last log line."""
 
-    loss_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(2 + 2 * len(Modality), dtype=torch.float64))
+    loss: LossReport = field(default_factory=LossReport)
     iterations: int = 0
     skipped: int = 0
     grad_norms: list = field(default_factory=list)
@@ -97,20 +99,22 @@ class IntervalStats:
 
 
 class MetricsLogger:
-    def __init__(self, args, preset, world_size: int, device_name: str | None, is_logging_rank: bool):
-        self.args = args
-        self.preset = preset
+    """Prints, and writes to TensorBoard and ``--metrics-file``, on the logging rank only."""
+
+    def __init__(self, run: RunDescription, *, train_iters: int, world_size: int, device_name: str | None,
+                 is_logging_rank: bool, tensorboard_dir: str | None = None, metrics_file: str | None = None):
+        self.run = run
+        self.train_iters = train_iters
         self.world_size = world_size
-        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-        self.peak = peak_tflops(device_name, precision)
+        self.peak = peak_tflops(device_name, run.precision)
         self.is_logging_rank = is_logging_rank
-        self.flops_per_token = forward_flops_per_token(preset, args.padded_vocab_size)
+        self.flops_per_token = forward_flops_per_token(run.preset, run.padded_vocab_size)
         self.writer = None
-        if is_logging_rank and args.tensorboard_dir:
+        if is_logging_rank and tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=args.tensorboard_dir)
-        self.metrics_path = args.metrics_file if is_logging_rank else None
+            self.writer = SummaryWriter(log_dir=tensorboard_dir)
+        self.metrics_path = metrics_file if is_logging_rank else None
         if self.metrics_path:
             os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
 
@@ -118,27 +122,22 @@ class MetricsLogger:
                total_skipped: int, loss_scale: float | None) -> dict:
         elapsed = time.time() - stats.started
         per_iter = elapsed / max(stats.iterations, 1)
-        sums = stats.loss_sums
-
-        def mean(total, count):
-            return float(total / count) if count > 0 else None
-
+        preset = self.run.preset
         model_flops = 3.0 * (stats.tokens * self.flops_per_token
-                             + 4.0 * self.preset.hidden_size * self.preset.num_layers * stats.pairs)
+                             + 4.0 * preset.hidden_size * preset.num_layers * stats.pairs)
         tflops_per_gpu = model_flops / elapsed / self.world_size / 1e12 if elapsed > 0 else 0.0
         finite_norms = [n for n in stats.grad_norms if n == n and abs(n) != float("inf")]
+        by_modality = stats.loss.by_modality
         return {
             "iteration": iteration,
-            "train_iters": self.args.train_iters,
+            "train_iters": self.train_iters,
             "consumed_samples": consumed_samples,
             "elapsed_ms_per_iteration": per_iter * 1000.0,
             "learning_rate": lr,
-            "global_batch_size": self.args.global_batch_size,
-            "loss": mean(sums[0], sums[1]),
-            "loss_text": mean(sums[2], sums[3]),
-            "loss_image": mean(sums[4], sums[5]),
-            "loss_speech": mean(sums[6], sums[7]),
-            "tokens_text": int(sums[3]), "tokens_image": int(sums[5]), "tokens_speech": int(sums[7]),
+            "global_batch_size": self.run.global_batch_size,
+            "loss": stats.loss.total.mean(),
+            **{f"loss_{modality_name(kind)}": by_modality[kind].mean() for kind in Modality},
+            **{f"tokens_{modality_name(kind)}": int(by_modality[kind].tokens) for kind in Modality},
             "grad_norm": stats.grad_norms[-1] if stats.grad_norms else None,
             "grad_norm_mean": sum(finite_norms) / len(finite_norms) if finite_norms else None,
             "loss_scale": loss_scale,
@@ -176,12 +175,17 @@ class MetricsLogger:
             self.writer.close()
 
 
+def modality_name(kind: Modality) -> str:
+    return kind.name.lower()
+
+
 def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
 def format_line(r: dict) -> str:
     """Megatron-LM's iteration line, with the per-modality losses and MFU added."""
+    names = [modality_name(kind) for kind in Modality]
     return (
         f" iteration {r['iteration']:8d}/{r['train_iters']:8d} |"
         f" consumed samples: {r['consumed_samples']:12d} |"
@@ -189,7 +193,7 @@ def format_line(r: dict) -> str:
         f" learning rate: {r['learning_rate']:.6E} |"
         f" global batch size: {r['global_batch_size']:5d} |"
         f" lm loss: {_fmt(r['loss'], '.6E')} |"
-        f" loss text/image/speech: {_fmt(r['loss_text'], '.4E')} / {_fmt(r['loss_image'], '.4E')} / {_fmt(r['loss_speech'], '.4E')} |"
+        f" loss {'/'.join(names)}: {' / '.join(_fmt(r[f'loss_{name}'], '.4E') for name in names)} |"
         + (f" loss scale: {r['loss_scale']:.1f} |" if r["loss_scale"] is not None else "")
         + f" grad norm: {_fmt(r['grad_norm'], '.3f')} |"
         f" number of skipped iterations: {r['skipped_iterations']:3d} |"

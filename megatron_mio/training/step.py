@@ -14,22 +14,19 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.utils import get_attr_wrapped_model
 
-from megatron_mio.data.batch import Modality
 from megatron_mio.model.attention import attention_kwargs
+from megatron_mio.training.losses import LossReport
 
 
 def loss_and_reports(loss_mask: torch.Tensor, modality: torch.Tensor, token_losses: torch.Tensor):
-    """Sum of labelled token losses, their count, and per-modality sums/counts for logging."""
-    mask = loss_mask.float()
-    losses = token_losses.float() * mask
-    total = losses.sum()
-    count = mask.sum().to(torch.int)
-    report = [total.detach(), mask.sum()]
-    for kind in Modality:
-        selected = (modality == kind).float() * mask
-        report += [(token_losses.float().detach() * selected).sum(), selected.sum()]
-    # Reports are summed over micro-batches and DP ranks by the trainer before dividing.
-    return total, count, {"loss_sums": torch.stack(report)}
+    """megatron-core's per-token loss triple: the summed loss, its token count, and the report.
+
+    The report (:class:`LossReport`: overall and per-modality sums) is summed over micro-batches
+    and data-parallel ranks by the trainer before it divides.
+    """
+    total = (token_losses.float() * loss_mask.float()).sum()
+    count = loss_mask.float().sum().to(torch.int)
+    return total, count, LossReport.of_tokens(token_losses, loss_mask, modality)
 
 
 def model_inputs(batch: dict, attention_backend: str, host_cu_seqlens: torch.Tensor | None = None) -> dict:

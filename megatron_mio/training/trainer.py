@@ -4,15 +4,18 @@ parallel_state -> GPTModel chunks (``megatron_mio.model``) -> DistributedDataPar
 (distributed) AdamW + OptimizerParamScheduler -> the pipeline schedule from
 ``get_forward_backward_func`` (no pipelining, 1F1B, or interleaved) with ``finalize_model_grads``
 -> dist_checkpointing.  The loss is per token (see ``step.py``).
+
+:func:`pretrain` builds the parts from the command line and a :class:`RunDescription`, then a
+:class:`Trainer` runs the loop: ``train_step``, ``log``, ``evaluate``, ``save``, ``should_stop``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -27,11 +30,13 @@ from megatron_mio.model import build_gpt_model, build_transformer_config
 from megatron_mio.model.fusions import plan_fusions
 from megatron_mio.model.vocab_padding import mask_vocab_padding
 from megatron_mio.training import data as mio_data
-from megatron_mio.training.arguments import model_preset, parse_args, refused_fusions
-from megatron_mio.training.checkpointing import Checkpointer, find_checkpoint, padded_vocab_for_load
+from megatron_mio.training.arguments import parse_args, refused_fusions
+from megatron_mio.training.checkpointing import Checkpointer, ResumePoint, find_checkpoint
+from megatron_mio.training.losses import LossReport, reduce_reports
 from megatron_mio.training.metrics import CountingIterator, IntervalStats, MetricsLogger
 from megatron_mio.training.optimizer import build_optimizer, build_scheduler, optimizer_step
 from megatron_mio.training.resume import check_schedule
+from megatron_mio.training.run import RunDescription, describe_run
 from megatron_mio.training.signals import ExitSignal
 from megatron_mio.training.step import forward_step
 
@@ -77,17 +82,17 @@ def _set_pipeline_p2p(config, *, interleaved: bool) -> None:
     config.batch_p2p_comm = not interleaved
 
 
-def build_model(args, preset, plat) -> list[DistributedDataParallel]:
+def build_model(args, run: RunDescription, plat) -> list[DistributedDataParallel]:
     """This rank's model chunks (one, or one per virtual stage), wrapped in megatron's DDP."""
     fusions = plan_fusions(args.attention_backend, plat.device.type, refused_fusions(args))
     if torch.distributed.get_rank() == 0:
         log.info("fusions: %s; gradients reduced in %s", fusions.describe(),
                  "fp32" if args.accumulate_allreduce_grads_in_fp32 else "the model dtype")
     config = build_transformer_config(
-        preset,
-        tensor_parallel_size=args.tensor_model_parallel_size,
-        pipeline_parallel_size=args.pipeline_model_parallel_size,
-        virtual_pipeline_parallel_size=args.virtual_pipeline_model_parallel_size,
+        run.preset,
+        tensor_parallel_size=run.tensor_parallel_size,
+        pipeline_parallel_size=run.pipeline_parallel_size,
+        virtual_pipeline_parallel_size=run.virtual_pipeline_parallel_size,
         sequence_parallel=args.sequence_parallel,
         bf16=args.bf16,
         recompute_granularity=args.recompute_granularity,
@@ -100,19 +105,19 @@ def build_model(args, preset, plat) -> list[DistributedDataParallel]:
         config.fp16 = True
         config.params_dtype = config.pipeline_dtype = torch.float16
     config.calculate_per_token_loss = True
-    vp = args.virtual_pipeline_model_parallel_size
+    vp = run.virtual_pipeline_parallel_size
     _set_pipeline_p2p(config, interleaved=vp is not None)
     chunks = []
     for index in range(vp or 1):
         vp_stage = index if vp else None
         module = build_gpt_model(
-            config, preset, args.padded_vocab_size,
+            config, run.preset, run.padded_vocab_size,
             attention_backend=args.attention_backend,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
             vp_stage=vp_stage,
         )
-        mask_vocab_padding(module, args.true_vocab_size)
+        mask_vocab_padding(module, run.vocab_size)
         module.to(plat.device)
         if args.bf16 or args.fp16:
             module = Float16Module(config, module)
@@ -144,49 +149,206 @@ def _wire_schedule_hooks(args, model, optimizer) -> None:
         config.param_sync_func = param_sync[0] if len(model) == 1 else param_sync
 
 
-def _reduce_loss_reports(losses: list[dict]) -> torch.Tensor | None:
-    """Sum the per-micro-batch reports over micro-batches and data-parallel ranks (last stage)."""
-    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
-        return None
-    total = torch.stack([item["loss_sums"].float() for item in losses]).sum(0)
-    torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-    return total.double().cpu()
+@dataclass
+class TrainState:
+    """Where the run is; what a checkpoint restores."""
+
+    iteration: int = 0
+    consumed_samples: int = 0
+    skipped_total: int = 0
+    skipped_in_a_row: int = 0
+    last_saved: int | None = None  # the iteration of the newest checkpoint of this run, if any
 
 
-def _reduce_counts(counter: CountingIterator, device) -> tuple[int, int]:
-    counts = torch.tensor(counter.take(), dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-    return int(counts[0].item()), int(counts[1].item())
+@dataclass(frozen=True)
+class StepResult:
+    stepped: bool  # False: a non-finite gradient or loss, the update was skipped
+    learning_rate: float  # the rate this iteration's update used
+    grad_norm: float
 
 
-def _should_stop_for_time(args, start: float, device) -> bool:
-    if args.exit_duration_in_mins is None:
-        return False
-    over = torch.tensor([1 if (time.time() - start) / 60.0 > args.exit_duration_in_mins else 0], dtype=torch.int32, device=device)
-    torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
-    return bool(over.item())
+class Trainer:
+    """The loop over iterations of one run, on parts built by :func:`pretrain`."""
 
+    def __init__(self, args, run: RunDescription, plat, model, optimizer, scheduler, checkpointer,
+                 forward_step_func, modality_table):
+        self.args, self.run, self.plat = args, run, plat
+        self.model, self.optimizer, self.scheduler, self.checkpointer = model, optimizer, scheduler, checkpointer
+        self.forward = forward_step_func
+        self.modality_table = modality_table
+        self.schedule = get_forward_backward_func()
+        self.dp_group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+        self.state = TrainState()
+        self.stats = IntervalStats()
+        self.logger: MetricsLogger | None = None  # from fit(): a failed resume writes no logs
+        self.counter: CountingIterator | None = None
+        self.started = time.time()
 
-def evaluate(args, model, forward, table, num_microbatches) -> float | None:
-    """Per-token loss over ``--eval-iters`` validation batches (the same batches every time)."""
-    iterators = mio_data.valid_iterators(args, table, len(model))
-    for chunk in model:
-        chunk.eval()
-    sums = torch.zeros(2, dtype=torch.float64)
-    run = get_forward_backward_func()
-    with torch.no_grad():
-        for _ in range(args.eval_iters):
-            losses = run(
-                forward_step_func=forward, data_iterator=iterators if len(model) > 1 else iterators[0],
-                model=model, num_microbatches=num_microbatches, seq_length=args.seq_length,
-                micro_batch_size=args.micro_batch_size, forward_only=True,
+    def _open_logger(self) -> MetricsLogger:
+        world = torch.distributed.get_world_size()
+        return MetricsLogger(
+            self.run, train_iters=self.args.train_iters, world_size=world,
+            device_name=None if self.plat.use_cpu else torch.cuda.get_device_name(self.plat.device),
+            is_logging_rank=torch.distributed.get_rank() == world - 1,  # a last pipeline stage: it has the loss
+            tensorboard_dir=self.args.tensorboard_dir, metrics_file=self.args.metrics_file,
+        )
+
+    def resume(self, point: ResumePoint) -> None:
+        iteration, consumed = self.checkpointer.load(self.model, self.optimizer, self.scheduler, point)
+        if self.args.finetune:  # weights from the checkpoint, everything else fresh
+            return
+        self.state.iteration, self.state.consumed_samples = iteration, consumed
+        self.state.last_saved = iteration
+
+    # ---- one iteration ----------------------------------------------------------------------
+    def _run_schedule(self, data_iterator, *, forward_only: bool) -> LossReport | None:
+        """Forward (and backward) over this iteration's micro-batches; the loss on last stages."""
+        reports = self.schedule(
+            forward_step_func=self.forward, data_iterator=data_iterator, model=self.model,
+            num_microbatches=self.run.num_microbatches, seq_length=self.run.seq_length,
+            micro_batch_size=self.run.micro_batch_size, forward_only=forward_only,
+        )
+        if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+            return None
+        return reduce_reports(reports, self.dp_group)
+
+    def train_step(self, data_iterator) -> StepResult:
+        """One iteration: gradients of the global batch, the optimizer step, the interval sums."""
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        loss = self._run_schedule(data_iterator, forward_only=False)
+        learning_rate = self.optimizer.param_groups[0]["lr"]  # before the scheduler moves it
+        stepped, grad_norm = optimizer_step(self.optimizer)
+        state, stats = self.state, self.stats
+        if stepped:
+            self.scheduler.step(increment=1)
+            state.skipped_in_a_row = 0
+        else:
+            state.skipped_total += 1
+            state.skipped_in_a_row += 1
+            stats.skipped += 1
+        state.iteration += 1
+        state.consumed_samples += self.run.global_batch_size
+        if loss is not None:
+            stats.loss = stats.loss + loss
+        stats.grad_norms.append(grad_norm)
+        stats.iterations += 1
+        tokens, pairs = self._reduce_counts()
+        stats.tokens += tokens
+        stats.pairs += pairs
+        return StepResult(stepped, learning_rate, grad_norm)
+
+    def _reduce_counts(self) -> tuple[int, int]:
+        """Tokens and attention pairs of this iteration's batches, over the data-parallel ranks."""
+        counts = torch.tensor(self.counter.take(), dtype=torch.float64, device=self.plat.device)
+        torch.distributed.all_reduce(counts, group=self.dp_group)
+        return int(counts[0].item()), int(counts[1].item())
+
+    def _check_skipped(self) -> None:
+        in_a_row, limit = self.state.skipped_in_a_row, self.args.max_skipped_iterations_in_a_row
+        if in_a_row >= limit:
+            raise TooManySkippedIterations(
+                f"stopping at iteration {self.state.iteration}: {in_a_row} iterations in a row had a "
+                f"non-finite loss or gradient and were skipped (--max-skipped-iterations-in-a-row "
+                f"{limit}); the weights are those of the last good step; check the data and the learning rate"
             )
-            reduced = _reduce_loss_reports(losses)
-            if reduced is not None:
-                sums += reduced[:2]
-    for chunk in model:
-        chunk.train()
-    return float(sums[0] / sums[1]) if sums[1] > 0 else None
+
+    # ---- around the iterations --------------------------------------------------------------
+    def log(self, result: StepResult) -> None:
+        """The iteration record of the interval that ends here; starts a new interval."""
+        record = self.logger.record(
+            iteration=self.state.iteration, consumed_samples=self.state.consumed_samples,
+            lr=result.learning_rate, stats=self.stats, total_skipped=self.state.skipped_total,
+            loss_scale=self.optimizer.get_loss_scale().item() if self.args.fp16 else None,
+        )
+        if not result.stepped:
+            record["skipped_reason"] = "non-finite gradient or loss"
+        self.logger.emit(record)
+        self.stats = IntervalStats()
+
+    def evaluate(self) -> float | None:
+        """Per-token loss over ``--eval-iters`` validation batches (the same batches every time)."""
+        iterators = mio_data.valid_iterators(self.args, self.run.vocab_size, self.modality_table, len(self.model))
+        for chunk in self.model:
+            chunk.eval()
+        total = LossReport().total
+        with torch.no_grad():
+            for _ in range(self.args.eval_iters):
+                loss = self._run_schedule(iterators if len(self.model) > 1 else iterators[0], forward_only=True)
+                if loss is not None:
+                    total = total + loss.total
+        for chunk in self.model:
+            chunk.train()
+        return total.mean()
+
+    def save(self) -> None:
+        """A checkpoint of this iteration, unless this run already saved it."""
+        if not self.args.save or self.state.last_saved == self.state.iteration:
+            return
+        began = time.time()
+        self.checkpointer.save(self.state.iteration, self.state.consumed_samples,
+                               self.model, self.optimizer, self.scheduler)
+        self.state.last_saved = self.state.iteration
+        self.stats.started += time.time() - began  # checkpoint time is not training throughput
+
+    def should_stop(self, exit_signal: ExitSignal) -> str | None:
+        """Why every rank stops after this iteration, or None.
+
+        The signal and the time limit are per rank; one all-reduce decides for all, so that every
+        rank stops at the same iteration.
+        """
+        args = self.args
+        limit = args.exit_duration_in_mins
+        over_time = limit is not None and (time.time() - self.started) / 60.0 > limit
+        flags = torch.tensor([exit_signal.received is not None, over_time], dtype=torch.int32, device=self.plat.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        signalled, timed_out = (bool(flag) for flag in flags.tolist())
+        if signalled:
+            return f"signal {exit_signal.received or 'on another rank'}"
+        if args.exit_interval and self.state.iteration % args.exit_interval == 0:
+            return "exit-interval"
+        if timed_out:
+            return "exit-duration-in-mins"
+        return None
+
+    def _train_iterator(self):
+        iterators = mio_data.train_iterators(self.args, self.run.vocab_size, self.modality_table,
+                                             self.state.consumed_samples, len(self.model))
+        self.counter = iterators[0] = CountingIterator(iterators[0])
+        return iterators if len(self.model) > 1 else iterators[0]
+
+    def fit(self) -> dict:
+        """Train to ``--train-iters`` or a stop; save; returns a summary (iteration, why it stopped)."""
+        args, state = self.args, self.state
+        data_iterator = self._train_iterator()
+        self.logger = self._open_logger()
+        exit_signal = ExitSignal(args.exit_signal_handler)
+        self.started = self.stats.started = time.time()
+        reason = None
+        try:
+            while reason is None and state.iteration < args.train_iters:
+                result = self.train_step(data_iterator)
+                self.checkpointer.finalize()
+                if state.iteration % args.log_interval == 0 or not result.stepped:
+                    self.log(result)
+                self._check_skipped()
+                if args.eval_interval and args.eval_iters and state.iteration % args.eval_interval == 0:
+                    valid = self.evaluate()
+                    if self.logger.is_logging_rank:
+                        self.logger.emit_eval(state.iteration, valid)
+                if args.save_interval and state.iteration % args.save_interval == 0:
+                    self.save()
+                reason = self.should_stop(exit_signal)
+            self.save()
+        finally:
+            exit_signal.restore()
+            self.logger.close()
+        reason = reason or "train-iters"
+        if torch.distributed.get_rank() == 0:
+            log.info("training stopped at iteration %d (%s)", state.iteration, reason)
+        return {"iteration": state.iteration, "consumed_samples": state.consumed_samples,
+                "stop_reason": reason, "skipped_iterations": state.skipped_total}
 
 
 def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
@@ -202,123 +364,19 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     plat = initialize(args)
     if torch.distributed.get_rank() == 0:
         log.info(mio_platform.describe(plat, args.attention_backend))
-    preset = model_preset(args)
-    args.true_vocab_size = mio_data.tokenizer_vocab_size(args)
-    args.padded_vocab_size = padded_vocab_for_load(
-        args.true_vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size,
-        resume.layout if resume else None,
-    )
-    table = mio_data.modality_table(args)
+    run = describe_run(args, resume)
+    table = mio_data.modality_table(args, run.vocab_size)
 
-    model = build_model(args, preset, plat)
+    model = build_model(args, run, plat)
     optimizer = build_optimizer(args, model)
     scheduler = build_scheduler(args, optimizer)
     _wire_schedule_hooks(args, model, optimizer)
-    checkpointer = Checkpointer(args)
+    forward = forward_step_func or partial(forward_step, attention_backend=args.attention_backend, device=plat.device)
+    checkpointer = Checkpointer(args, run)
     try:
-        return _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer, forward_step_func, resume)
+        trainer = Trainer(args, run, plat, model, optimizer, scheduler, checkpointer, forward, table)
+        if resume:
+            trainer.resume(resume)
+        return trainer.fit()
     finally:
         checkpointer.close()
-
-
-def _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer, forward_step_func, resume) -> dict:
-    iteration, consumed = (checkpointer.load(model, optimizer, scheduler, resume) if resume else (0, 0))
-    if args.finetune:  # weights from the checkpoint, everything else fresh
-        iteration, consumed = 0, 0
-
-    forward = forward_step_func or partial(forward_step, attention_backend=args.attention_backend, device=plat.device)
-    iterators = mio_data.train_iterators(args, table, consumed, len(model))
-    counter = CountingIterator(iterators[0])
-    iterators[0] = counter
-    data_iterator = iterators if len(model) > 1 else iterators[0]
-    run = get_forward_backward_func()
-
-    world = torch.distributed.get_world_size()
-    device_name = None if plat.use_cpu else torch.cuda.get_device_name(plat.device)
-    logger = MetricsLogger(args, preset, world, device_name, is_logging_rank=torch.distributed.get_rank() == world - 1)
-    exit_signal = ExitSignal(args.exit_signal_handler, plat.device)
-    stats = IntervalStats()
-    skipped_total = skipped_in_a_row = 0
-    last_saved = iteration if resume and not args.finetune else None
-    start = time.time()
-    stop_reason = "train-iters"
-
-    def save():
-        nonlocal last_saved
-        if args.save and last_saved != iteration:
-            began = time.time()
-            checkpointer.save(iteration, consumed, model, optimizer, scheduler)
-            last_saved = iteration
-            stats.started += time.time() - began  # checkpoint time is not training throughput
-
-    try:
-        while iteration < args.train_iters:
-            for chunk in model:
-                chunk.zero_grad_buffer()
-            optimizer.zero_grad()
-            losses = run(
-                forward_step_func=forward, data_iterator=data_iterator, model=model,
-                num_microbatches=args.num_microbatches, seq_length=args.seq_length,
-                micro_batch_size=args.micro_batch_size, forward_only=False,
-            )
-            lr = optimizer.param_groups[0]["lr"]  # the rate this iteration's update uses
-            stepped, grad_norm = optimizer_step(optimizer)
-            if stepped:
-                scheduler.step(increment=1)
-                skipped_in_a_row = 0
-            else:
-                skipped_total += 1
-                skipped_in_a_row += 1
-                stats.skipped += 1
-            iteration += 1
-            consumed += args.global_batch_size
-            reduced = _reduce_loss_reports(losses)
-            if reduced is not None:
-                stats.loss_sums += reduced
-            stats.grad_norms.append(grad_norm)
-            stats.iterations += 1
-            tokens, pairs = _reduce_counts(counter, plat.device)
-            stats.tokens += tokens
-            stats.pairs += pairs
-            checkpointer.finalize()
-
-            if iteration % args.log_interval == 0 or not stepped:
-                record = logger.record(
-                    iteration=iteration, consumed_samples=consumed,
-                    lr=lr, stats=stats, total_skipped=skipped_total,
-                    loss_scale=optimizer.get_loss_scale().item() if args.fp16 else None,
-                )
-                if not stepped:
-                    record["skipped_reason"] = "non-finite gradient or loss"
-                logger.emit(record)
-                stats = IntervalStats()
-            if skipped_in_a_row >= args.max_skipped_iterations_in_a_row:
-                raise TooManySkippedIterations(
-                    f"stopping at iteration {iteration}: {skipped_in_a_row} iterations in a row had a "
-                    f"non-finite loss or gradient and were skipped (--max-skipped-iterations-in-a-row "
-                    f"{args.max_skipped_iterations_in_a_row}); the weights are those of the last good "
-                    f"step; check the data and the learning rate"
-                )
-            if args.eval_interval and args.eval_iters and iteration % args.eval_interval == 0:
-                valid = evaluate(args, model, forward, table, args.num_microbatches)
-                if logger.is_logging_rank:
-                    logger.emit_eval(iteration, valid)
-            if args.save_interval and iteration % args.save_interval == 0:
-                save()
-            if exit_signal.requested():
-                stop_reason = f"signal {exit_signal.received or 'on another rank'}"
-                break
-            if args.exit_interval and iteration % args.exit_interval == 0:
-                stop_reason = "exit-interval"
-                break
-            if _should_stop_for_time(args, start, plat.device):
-                stop_reason = "exit-duration-in-mins"
-                break
-        save()
-    finally:
-        exit_signal.restore()
-        logger.close()
-    if torch.distributed.get_rank() == 0:
-        log.info("training stopped at iteration %d (%s)", iteration, stop_reason)
-    return {"iteration": iteration, "consumed_samples": consumed, "stop_reason": stop_reason,
-            "skipped_iterations": skipped_total}

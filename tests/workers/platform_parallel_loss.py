@@ -92,7 +92,7 @@ def main():
 
     def mean_loss(reports):
         # Only the last pipeline stage sees losses; share them with every rank.
-        sums = torch.stack([r["loss_sums"][:2] for r in reports]).sum(0) if reports else torch.zeros(2)
+        sums = torch.stack([torch.stack([r.total.loss, r.total.tokens]) for r in reports]).sum(0) if reports else torch.zeros(2)
         torch.distributed.all_reduce(sums, group=parallel_state.get_pipeline_model_parallel_group())
         return (sums[0] / sums[1]).item()
 
