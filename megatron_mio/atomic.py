@@ -16,6 +16,18 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_if_created(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries: give the result the permissions a
+    plain ``open``/``mkdir`` would have, so other users of a shared cluster can read it."""
+    os.chmod(path, mode & ~_umask())
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
@@ -34,6 +46,7 @@ def atomic_file(path: str | os.PathLike, *, suffix: str = "", durable: bool = Fa
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=suffix)
     os.close(fd)
     tmp = Path(name)
+    _as_if_created(tmp, 0o666)
     try:
         yield tmp
         if durable:
@@ -64,6 +77,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = True) -> Iter
         raise FileExistsError(f"{path} already exists; pass --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _as_if_created(staging, 0o777)
     try:
         yield staging
         if path.is_dir() and not path.is_symlink():

@@ -31,3 +31,18 @@ def test_directory_replaced_only_when_the_block_succeeds(tmp_path):
         with atomic_directory(target, overwrite=False):
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "plain.txt", "x")
+        with atomic_directory(tmp_path / "dir") as staging:
+            (staging / "f").write_text("y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "dir").stat().st_mode) == 0o755
