@@ -11,8 +11,9 @@ The output directory holds:
 * ``tokenizer_config.json`` / ``special_tokens_map.json``: ``PreTrainedTokenizerFast``, which
   loads ``tokenizer.json`` unchanged in transformers 4.x and 5.x alike.
 
-We do not go through ``transformers.LlamaTokenizer``: in transformers 5.x it converts a Unigram
-model to BPE and silently changes ids (DESIGN.md, "Tokenizer facts").
+We do not go through ``transformers.LlamaTokenizer``: in transformers 5.x it has no
+sentencepiece-based slow tokenizer; ``LlamaTokenizer(vocab_file=...)`` converts a Unigram model to
+BPE and silently changes ids (and can encode text to nothing).
 """
 
 from __future__ import annotations
