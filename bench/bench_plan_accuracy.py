@@ -51,7 +51,7 @@ def main() -> int:
             layout = mp.Layout(tp, pp, real["dp"], distributed_optimizer=dist_opt == "1",
                                recompute=None if recompute == "none" else recompute)
             stage = 0 if real["first_stage"] else pp - 1
-            vocab = padded_vocab_size(args.vocab_size, 128, tp)
+            vocab = padded_vocab_size(args.vocab_size, tensor_parallel_size=tp)
             prec = mp.PRECISIONS[precision]
             params = mp.stage_parameters(preset, vocab, tp, pp, stage)
             state = mp.state_bytes(params, layout.dp, prec, layout.distributed_optimizer)
