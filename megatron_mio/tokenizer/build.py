@@ -9,7 +9,8 @@ The output directory holds:
 * ``tokenizer.model``: the base SentencePiece model, the reference that ``MIOTokenizer`` uses for
   text (it is what MIO trained with);
 * ``tokenizer_config.json`` / ``special_tokens_map.json``: ``PreTrainedTokenizerFast``, which
-  loads ``tokenizer.json`` unchanged in transformers 4.x and 5.x alike.
+  loads ``tokenizer.json`` unchanged in transformers 4.x and 5.x alike, with Yi-6B-Chat's ChatML
+  ``chat_template`` (``megatron_mio.tokenizer.chatml``).
 
 We do not go through ``transformers.LlamaTokenizer``: in transformers 5.x it has no
 sentencepiece-based slow tokenizer; ``LlamaTokenizer(vocab_file=...)`` converts a Unigram model to
@@ -29,19 +30,12 @@ from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
 from megatron_mio.tokenizer import vocab as V
+from megatron_mio.tokenizer.chatml import CHAT_TEMPLATE
 
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODEL = "tokenizer.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
-
-# Yi-6B-Chat's ChatML chat template (one newline after every <|im_end|>).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 _PIECE_UNKNOWN = sentencepiece_model_pb2.ModelProto.SentencePiece.UNKNOWN
 _PIECE_CONTROL = sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL
@@ -261,7 +255,7 @@ def _write_directory(output: Path, tokenizer: Tokenizer, specials: SpecialTokens
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
-        "chat_template": CHATML_TEMPLATE,
+        "chat_template": CHAT_TEMPLATE,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
