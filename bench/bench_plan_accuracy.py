@@ -41,7 +41,7 @@ def main() -> int:
         results = read_rank_results(out, 2)
     print(f"{args.preset} preset, vocab {args.vocab_size}, seq {args.seq_length}, "
           f"micro-batch {args.micro_batch_size}; estimate / measured")
-    print(f"| layout | rank | weights | grads | optimizer | activations (measured MiB) |")
+    print("| layout | rank | weights | grads | optimizer | activations (measured MiB) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for spec in SPECS:
         for rank, per_rank in enumerate(results):

@@ -11,7 +11,6 @@ sampling from these logits see only the real vocabulary; their gradient is then 
 
 from __future__ import annotations
 
-import torch
 from megatron.core.models.gpt import GPTModel
 from megatron.core.parallel_state import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
