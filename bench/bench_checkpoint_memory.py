@@ -35,7 +35,7 @@ LAYOUTS = [(8, 1, 1), (8, 2, 1), (8, 4, 1), (8, 2, 2), (128, 1, 1), (128, 2, 1),
 
 def per_rank_bytes(gpus: int, tp: int, pp: int) -> dict:
     preset = get_preset("yi-6b")
-    vocab = padded_vocab_size(MIO_VOCAB_SIZE_FOR_YI, 128, tp)
+    vocab = padded_vocab_size(MIO_VOCAB_SIZE_FOR_YI, tensor_parallel_size=tp)
     shard = max(stage_parameters(preset, vocab, tp, pp, stage) for stage in range(pp))
     dp = gpus // (tp * pp)
     full = STATE_BYTES * shard

@@ -22,36 +22,33 @@ from pathlib import Path
 
 import torch
 
-YI = dict(hidden=4096, ffn=11008, heads=32, groups=4, vocab=64000)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megatron_mio.convert import layout as L  # noqa: E402
+from megatron_mio.convert.hf_config import llama_config  # noqa: E402
+from megatron_mio.model.presets import get_preset  # noqa: E402
+from megatron_mio.tokenizer.vocab import YI_BASE_VOCAB_SIZE  # noqa: E402
+
+YI = get_preset("yi-6b")
 
 
 def build_hf(directory: Path, layers: int) -> None:
+    """Random bf16 safetensors in Yi-6B's shapes, one shard per layer (the parent stays small)."""
     from safetensors.torch import save_file
-    from transformers import LlamaConfig
 
     directory.mkdir(parents=True)
-    h, f, d = YI["hidden"], YI["ffn"], YI["hidden"] // YI["heads"]
-    config = LlamaConfig(vocab_size=YI["vocab"], hidden_size=h, intermediate_size=f, num_hidden_layers=layers,
-                         num_attention_heads=YI["heads"], num_key_value_heads=YI["groups"], rms_norm_eps=1e-5,
-                         rope_parameters={"rope_type": "default", "rope_theta": 5e6}, tie_word_embeddings=False)
-    config.save_pretrained(directory)
-    rand = lambda *shape: torch.randn(*shape, dtype=torch.bfloat16)  # noqa: E731
+    preset = YI.with_overrides(num_layers=layers)
+    llama_config(preset, YI_BASE_VOCAB_SIZE, torch.bfloat16, {}).save_pretrained(directory)
+    shards: dict[str, list] = {}
+    for name, shape, dtype in L.hf_tensor_specs(preset, YI_BASE_VOCAB_SIZE, torch.bfloat16):
+        layer = name.split(".")[2] if name.startswith("model.layers.") else name
+        shards.setdefault(layer, []).append((name, shape, dtype))
     weight_map = {}
-
-    def save(number: int, shard: dict) -> None:  # one shard at a time: the parent stays small
-        name = f"model-{number:05d}.safetensors"
-        save_file(shard, directory / name, metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
-
-    save(0, {"model.embed_tokens.weight": rand(YI["vocab"], h)})
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        save(i + 1, {p + "input_layernorm.weight": rand(h), p + "post_attention_layernorm.weight": rand(h),
-                     p + "self_attn.q_proj.weight": rand(h, h), p + "self_attn.k_proj.weight": rand(4 * d, h),
-                     p + "self_attn.v_proj.weight": rand(4 * d, h), p + "self_attn.o_proj.weight": rand(h, h),
-                     p + "mlp.gate_proj.weight": rand(f, h), p + "mlp.up_proj.weight": rand(f, h),
-                     p + "mlp.down_proj.weight": rand(h, f)})
-    save(layers + 1, {"model.norm.weight": rand(h), "lm_head.weight": rand(YI["vocab"], h)})
+    for number, specs in enumerate(shards.values()):
+        file = f"model-{number:05d}.safetensors"
+        save_file({n: torch.randn(*shape, dtype=dtype) for n, shape, dtype in specs}, directory / file,
+                  metadata={"format": "pt"})
+        weight_map.update({n: file for n, _, _ in specs})
     (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
 
@@ -126,7 +123,7 @@ def main() -> None:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     build_hf(work / "hf", args.layers)
-    largest = YI["vocab"] * YI["hidden"] * 2
+    largest = YI_BASE_VOCAB_SIZE * YI.hidden_size * 2
     total = sum(f.stat().st_size for f in (work / "hf").glob("*.safetensors"))
     print(f"model: {args.layers} Yi-6B layers, {total / 1e9:.2f} GB bf16; largest tensor {largest / 1e6:.0f} MB")
     table = []

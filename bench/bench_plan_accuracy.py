@@ -41,7 +41,7 @@ def main() -> int:
         results = read_rank_results(out, 2)
     print(f"{args.preset} preset, vocab {args.vocab_size}, seq {args.seq_length}, "
           f"micro-batch {args.micro_batch_size}; estimate / measured")
-    print(f"| layout | rank | weights | grads | optimizer | activations (measured MiB) |")
+    print("| layout | rank | weights | grads | optimizer | activations (measured MiB) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for spec in SPECS:
         for rank, per_rank in enumerate(results):
@@ -51,7 +51,7 @@ def main() -> int:
             layout = mp.Layout(tp, pp, real["dp"], distributed_optimizer=dist_opt == "1",
                                recompute=None if recompute == "none" else recompute)
             stage = 0 if real["first_stage"] else pp - 1
-            vocab = padded_vocab_size(args.vocab_size, 128, tp)
+            vocab = padded_vocab_size(args.vocab_size, tensor_parallel_size=tp)
             prec = mp.PRECISIONS[precision]
             params = mp.stage_parameters(preset, vocab, tp, pp, stage)
             state = mp.state_bytes(params, layout.dp, prec, layout.distributed_optimizer)

@@ -27,13 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megatron_mio.model.presets import get_preset, padded_vocab_size  # noqa: E402
+from megatron_mio.tokenizer.vocab import MIO_VOCAB_SIZE_FOR_YI  # noqa: E402
 from megatron_mio.training.metrics import forward_flops_per_token, peak_tflops  # noqa: E402
 from megatron_mio.training.mock_data import mock_pack  # noqa: E402
 
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", default=None, help="default: yi-6b on cuda, tiny on cpu")
     parser.add_argument("--num-layers", type=int, default=None, help="default: 8 on cuda, the preset's on cpu")
-    parser.add_argument("--vocab-size", type=int, default=76292)
+    parser.add_argument("--vocab-size", type=int, default=MIO_VOCAB_SIZE_FOR_YI)
     parser.add_argument("--seq-length", type=int, default=2800)
     parser.add_argument("--micro-batch-size", type=int, default=1)
     parser.add_argument("--steps", type=int, default=12)
@@ -150,7 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cpu":
         args.preset = args.preset or "tiny"
-        if args.vocab_size == 76292:
+        if args.vocab_size == MIO_VOCAB_SIZE_FOR_YI:
             args.vocab_size, args.seq_length = 1024, 512
     args.preset = args.preset or "yi-6b"
     args.num_layers = args.num_layers or (8 if args.device == "cuda" else get_preset(args.preset).num_layers)

@@ -23,8 +23,10 @@ import os
 import sys
 from pathlib import Path
 
+from megatron_mio.tokenizer.vocab import Modality
+
 SEQ_LENGTH = 512  # long enough for most synthetic speech samples; small enough for 2 CPU cores
-MODALITIES = ("text", "image", "speech")
+MODALITIES = tuple(m.label for m in Modality)
 
 
 def _paths(workdir: Path) -> dict[str, Path]:

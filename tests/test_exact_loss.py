@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from megatron_mio.convert import convert_from_hf
-from megatron_mio.data.batch import Modality
+from megatron_mio.tokenizer.vocab import Modality
 from megatron_mio.training.mock_data import mock_modality_table, mock_pack
 from tests.test_convert import ROPE_BASE, save_random_llama, tiny_llama_config
 from tests.workers.train_common import train

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_mio.data.batch import Modality
 from megatron_mio.data.mixture import (
     MixtureError, build_mixture_dataset, load_mixture, mixture_statistics, parse_data_path,
 )
 from megatron_mio.data.sampler import DataParallelBatchSampler, build_dataloader
+from megatron_mio.tokenizer.vocab import Modality
 from tests.distributed import REPO_ROOT, read_rank_results, run_torchrun
 from tests.test_packed_dataset import modality_table, write_corpus
 

@@ -15,11 +15,11 @@ import pytest
 import sentencepiece as spm
 from tokenizers import AddedToken
 
-from megatron_mio.data.batch import Modality
 from megatron_mio.data.synthetic import sample_text_lines
 from megatron_mio.tokenizer import MIOTokenizer, build_mio_tokenizer, train_sentencepiece
 from megatron_mio.tokenizer import vocab as V
 from megatron_mio.tokenizer.build import fast_tokenizer_from_sentencepiece, load_sentencepiece_proto
+from megatron_mio.tokenizer.vocab import Modality
 
 REPO = Path(__file__).resolve().parents[1]
 

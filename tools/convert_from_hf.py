@@ -17,6 +17,7 @@ platform.quiet_import_warnings()  # before megatron-core is imported
 
 from megatron_mio.convert import convert_from_hf  # noqa: E402
 from megatron_mio.convert.vocab import NEW_TOKEN_INITS  # noqa: E402
+from megatron_mio.model.presets import VOCAB_SIZE_DIVISIBLE_BY  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", default=None, help="MIO tokenizer dir: extend the vocabulary to it")
     p.add_argument("--new-token-init", choices=NEW_TOKEN_INITS, default="mean")
     p.add_argument("--seed", type=int, default=0, help="seed of --new-token-init normal")
-    p.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    p.add_argument("--make-vocab-size-divisible-by", type=int, default=VOCAB_SIZE_DIVISIBLE_BY)
     p.add_argument("--force", action="store_true", help="replace an existing --output")
     args = p.parse_args(argv)
     plan = convert_from_hf(

@@ -26,8 +26,6 @@ from megatron_mio.model.presets import PRESETS, get_preset  # noqa: E402
 from megatron_mio.tokenizer.vocab import MIO_VOCAB_SIZE_FOR_YI  # noqa: E402
 from megatron_mio.training import memory_plan as mp  # noqa: E402
 
-MIO_VOCAB = MIO_VOCAB_SIZE_FOR_YI
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,7 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
     parser.add_argument("--seq-length", type=int, default=2800)
     parser.add_argument("--micro-batch-size", type=int, default=1)
-    parser.add_argument("--vocab-size", type=int, default=MIO_VOCAB, help="before padding for TP")
+    parser.add_argument("--vocab-size", type=int, default=MIO_VOCAB_SIZE_FOR_YI, help="before padding for TP")
     parser.add_argument("--precision", default="bf16", choices=sorted(mp.PRECISIONS))
     parser.add_argument("--attention", default="flash", choices=["flash", "dense"],
                         help="flash: te/torch backends on GPU; dense: the local backend's s x s mask")

@@ -1,9 +1,9 @@
 """Hugging Face ``LlamaConfig`` <-> our ModelPreset, with the checks for what we do not support.
 
-The rotary base lives in a different field per transformers major version (DESIGN.md, "Anchors'
-known traps"): 5.x keeps it in ``config.rope_parameters["rope_theta"]``, 4.x in
-``config.rope_theta``.  We read and write the field the *installed* version uses, and read either
-when a config was written by the other version.
+The rotary base lives in a different field per transformers major version: 5.x keeps it in
+``config.rope_parameters["rope_theta"]``, 4.x in ``config.rope_theta`` (a converter that misses it
+gives Yi the default 10,000 instead of 5,000,000).  We write the field the *installed* version
+uses, and read either, so a config written by the other version converts too.
 """
 
 from __future__ import annotations
@@ -16,6 +16,18 @@ import torch
 from megatron_mio.model.presets import ModelPreset
 
 SUPPORTED_MODEL_TYPES = ("llama",)
+
+# ModelPreset field -> LlamaConfig field, for the fields both sides hold as they are.
+HF_FIELDS = {
+    "num_layers": "num_hidden_layers",
+    "hidden_size": "hidden_size",
+    "ffn_hidden_size": "intermediate_size",
+    "num_attention_heads": "num_attention_heads",
+    "num_query_groups": "num_key_value_heads",
+    "norm_epsilon": "rms_norm_eps",
+    "max_position_embeddings": "max_position_embeddings",
+}
+HF_DEFAULTS = {"rms_norm_eps": 1e-6, "max_position_embeddings": 4096}  # LlamaConfig's / Yi's
 
 
 class UnsupportedModelError(ValueError):
@@ -62,22 +74,19 @@ def preset_from_hf_config(config: dict, source: str = "config.json") -> ModelPre
     _require(not config.get("attention_bias", False), source, "attention_bias", "biases are not supported")
     _require(not config.get("mlp_bias", False), source, "mlp_bias", "biases are not supported")
     _require(config.get("hidden_act", "silu") == "silu", source, "hidden_act", "only SwiGLU (silu) is supported")
-    hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
+    hf = {**HF_DEFAULTS, **config}
+    # Without num_key_value_heads the model has one key/value head per query head (no GQA).
+    hf["num_key_value_heads"] = config.get("num_key_value_heads") or config.get("num_attention_heads")
+    missing = [name for name in HF_FIELDS.values() if hf.get(name) is None]
+    _require(not missing, source, missing[0] if missing else "", "missing")
+    preset = ModelPreset(**{ours: hf[theirs] for ours, theirs in HF_FIELDS.items()},
+                         rotary_base=rope_base(config, source))
+    heads, hidden, groups = preset.num_attention_heads, preset.hidden_size, preset.num_query_groups
+    head_dim = config.get("head_dim") or preset.head_dim
     _require(head_dim * heads == hidden, source, "head_dim",
              f"{head_dim} x {heads} heads != hidden_size {hidden}")
-    groups = config.get("num_key_value_heads") or heads
     _require(heads % groups == 0, source, "num_key_value_heads", f"{groups} does not divide {heads} heads")
-    return ModelPreset(
-        num_layers=config["num_hidden_layers"],
-        hidden_size=hidden,
-        ffn_hidden_size=config["intermediate_size"],
-        num_attention_heads=heads,
-        num_query_groups=groups,
-        norm_epsilon=float(config.get("rms_norm_eps", 1e-6)),
-        rotary_base=rope_base(config, source),
-        max_position_embeddings=config.get("max_position_embeddings", 4096),
-    )
+    return preset
 
 
 def uses_rope_parameters() -> bool:
@@ -97,14 +106,8 @@ def llama_config(preset: ModelPreset, vocab_size: int, dtype: torch.dtype, speci
         rope = {"rope_theta": preset.rotary_base}
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=preset.hidden_size,
-        intermediate_size=preset.ffn_hidden_size,
-        num_hidden_layers=preset.num_layers,
-        num_attention_heads=preset.num_attention_heads,
-        num_key_value_heads=preset.num_query_groups,
-        head_dim=preset.hidden_size // preset.num_attention_heads,
-        rms_norm_eps=preset.norm_epsilon,
-        max_position_embeddings=preset.max_position_embeddings,
+        **{theirs: getattr(preset, ours) for ours, theirs in HF_FIELDS.items()},
+        head_dim=preset.head_dim,
         hidden_act="silu",
         tie_word_embeddings=False,
         attention_bias=False,

@@ -88,11 +88,7 @@ class AttentionShape:
 
     @classmethod
     def of(cls, preset: ModelPreset) -> "AttentionShape":
-        return cls(
-            preset.num_attention_heads,
-            preset.num_query_groups,
-            preset.hidden_size // preset.num_attention_heads,
-        )
+        return cls(preset.num_attention_heads, preset.num_query_groups, preset.head_dim)
 
     @property
     def heads_per_group(self) -> int:

@@ -62,7 +62,7 @@ def _load_model_chunk(checkpoint_dir, description: dict, tp: int, pp: int, backe
     from megatron_mio.model.vocab_padding import mask_vocab_padding
 
     preset = preset_of(description)
-    padded = description.get("padded_vocab_size") or padded_vocab_size(description["vocab_size"], 128, tp)
+    padded = description.get("padded_vocab_size") or padded_vocab_size(description["vocab_size"], tensor_parallel_size=tp)
     config = build_transformer_config(preset, tensor_parallel_size=tp, pipeline_parallel_size=pp)
     model = build_gpt_model(
         config, preset, padded, attention_backend=backend,
@@ -87,7 +87,7 @@ def megatron_logits(load: str, prompts: list[list[int]], *, tp: int, pp: int, ba
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_mio.training.step import model_inputs
+    from megatron_mio.model.inputs import model_inputs
 
     directory = resolve_checkpoint(load, iteration)
     description = description_from_checkpoint(CheckpointReader(directory).common, None, None, str(directory))

@@ -142,7 +142,7 @@ def write_layer(reader: CheckpointReader, writer: HFCheckpointWriter, layer: int
 
 
 def generation_config(special_ids: dict):
-    """Defaults for text output (DESIGN.md Table 8); ``tools/generate.py`` picks per modality."""
+    """Defaults for text output (MIO paper, Table 8); ``tools/generate.py`` picks per modality."""
     from transformers import GenerationConfig
 
     text = DECODING_PRESETS["text"]

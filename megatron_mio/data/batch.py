@@ -21,17 +21,11 @@ key                dtype, shape     meaning
 
 from __future__ import annotations
 
-import enum
-
 import torch
 
+from megatron_mio.tokenizer.vocab import Modality  # noqa: F401 (the lead removes this after adapting training/)
+
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "cu_seqlens", "modality")
-
-
-class Modality(enum.IntEnum):
-    TEXT = 0
-    IMAGE = 1
-    SPEECH = 2
 
 
 def valid_cu_seqlens(cu_seqlens: torch.Tensor) -> torch.Tensor:

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from megatron_mio.data.batch import Modality
 from megatron_mio.data.packed_dataset import BlendedPackedDataset, PackedDataset
 from megatron_mio.data.packing import DEFAULT_WINDOW
 from megatron_mio.data.validate import LOSS_MASK_SUFFIX, validate_packed_source
+from megatron_mio.tokenizer.vocab import Modality
 
 
 class MixtureError(ValueError):

@@ -31,9 +31,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from megatron_mio.data.batch import Modality
 from megatron_mio.data.packing import DEFAULT_WINDOW, PackIndex, blend_indices, pack_documents
 from megatron_mio.data.validate import IndexInfo, loss_mask_prefix, read_index, validate_packed_source
+from megatron_mio.tokenizer.vocab import Modality
 
 PACKING_VERSION = 1  # bump when the packing or blending algorithm changes: invalidates caches
 

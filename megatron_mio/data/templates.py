@@ -15,6 +15,7 @@ import string
 import numpy as np
 
 from megatron_mio.data import schema as S
+from megatron_mio.tokenizer import chatml
 from megatron_mio.tokenizer import vocab as V
 from megatron_mio.tokenizer.mio_tokenizer import MIOTokenizer
 
@@ -223,13 +224,17 @@ class TemplateRenderer:
                    speech=lambda d: self._speech(d, sample.speech, generated=tts))
 
     # -- SFT ---------------------------------------------------------------------------------
-    def render_chat(self, chat: S.Chat) -> Document:
-        """Yi ChatML: ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message, the system
-        prompt of the chat's mode first (unless the chat brings its own); loss on assistant
-        content and its ``<|im_end|>`` only."""
+    def render_chat(self, chat: S.Chat, add_generation_prompt: bool = False) -> Document:
+        """Yi ChatML (``megatron_mio.tokenizer.chatml``): ``<|im_start|>{role}\\n{content}<|im_end|>\\n``
+        per message, the system prompt of the chat's mode first (unless the chat brings its own);
+        loss on assistant content and its ``<|im_end|>`` only.  ``add_generation_prompt`` ends
+        the chat with the header of the assistant turn to generate (``<|im_start|>assistant\\n``)."""
         system, exchanges = self.render_chat_exchanges(chat)
         for exchange in exchanges:
             system.extend(exchange)
+        if add_generation_prompt:
+            system.tokens([self.tokenizer.im_start_id], supervised=False)
+            system.text(chatml.ASSISTANT_ROLE + chatml.ROLE_END, supervised=False)
         return system
 
     def render_chat_exchanges(self, chat: S.Chat) -> tuple[Document, list[Document]]:
@@ -250,16 +255,16 @@ class TemplateRenderer:
         return system, exchanges
 
     def _message(self, doc: Document, message: S.Message) -> None:
-        assistant = message.role == "assistant"
+        assistant = message.role == chatml.ASSISTANT_ROLE
         doc.tokens([self.tokenizer.im_start_id])
-        doc.text(f"{message.role}\n")
+        doc.text(message.role + chatml.ROLE_END)
         if message.role == "system":
             self._system_prompt(doc, message.parts)
         else:
             self._parts(doc, message.parts, speech_generated=lambda s: assistant,
                         supervised=assistant)
         doc.tokens([self.tokenizer.im_end_id], supervised=assistant)
-        doc.text("\n")
+        doc.text(chatml.MESSAGE_END)
 
     def _system_prompt(self, doc: Document, parts: list[S.Part]) -> None:
         """System text may name tokens (the voice prompt says ``<spch>`` ... ``</spch>``): they

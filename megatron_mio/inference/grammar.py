@@ -1,6 +1,6 @@
 """MIO's output grammar as a ``transformers`` logits processor.
 
-Spans (DESIGN.md, "Facts from the paper"):
+Spans (MIO paper, arXiv 2409.17692; ``megatron_mio.tokenizer.vocab``):
 
 - image: ``<image>``, exactly 32 SEED-Tokenizer codes, ``</image>``; a video is 2 to 8 images in
   a row (the paper's videos have 4-8 frames);

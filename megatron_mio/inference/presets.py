@@ -1,4 +1,5 @@
-"""The paper's decoding presets for Hugging Face inference, per output modality (DESIGN.md, Table 8).
+"""The paper's decoding presets for Hugging Face inference, per output modality (MIO paper,
+arXiv 2409.17692, Table 8).
 
 text: beam search with 5 beams, no sampling; image, speech, video: sampling with top-p 0.7.
 Repetition penalty 1.0 for text and image, 1.15 for speech and video; temperature 1.0.
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODALITIES = ("text", "image", "speech", "video")
+from megatron_mio.tokenizer.vocab import Modality
+
+# The output modalities: the token modalities, and video (a sequence of images).
+MODALITIES = (*(m.label for m in Modality), "video")
 
 
 @dataclass(frozen=True)

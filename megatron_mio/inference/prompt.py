@@ -1,7 +1,7 @@
-"""The prompt: MIO's SFT ChatML template (``megatron_mio.data.templates``) and the assistant header.
+"""The prompt: MIO's SFT ChatML template (``megatron_mio.data.templates``) with the generation prompt.
 
 The prompt is rendered by the template the model was fine-tuned on (same system prompts, same
-ChatML layout, one bos in front), not by a copy of it.
+ChatML layout, one bos in front, ``<|im_start|>assistant\\n`` at the end), not by a copy of it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,6 @@ def chat_prompt_ids(tokenizer: MIOTokenizer, text: str, mode: str = "std",
         parts.append(("speech", S.Speech(content=np.asarray(speech_codes, dtype=np.int64), timbre=None)))
     parts.append(("text", text))
     chat = S.Chat(mode=mode, messages=[S.Message("user", parts)])
-    ids, _ = encode_document(TemplateRenderer(tokenizer, "sft").render_chat(chat), tokenizer)
-    header = [tokenizer.im_start_id, *tokenizer.encode_text("assistant\n")]
-    return [*ids.tolist(), *header]
+    document = TemplateRenderer(tokenizer, "sft").render_chat(chat, add_generation_prompt=True)
+    ids, _ = encode_document(document, tokenizer)
+    return ids.tolist()

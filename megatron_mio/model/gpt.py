@@ -44,7 +44,7 @@ def build_transformer_config(
         ffn_hidden_size=preset.ffn_hidden_size,
         num_attention_heads=preset.num_attention_heads,
         num_query_groups=preset.num_query_groups,
-        kv_channels=preset.hidden_size // preset.num_attention_heads,
+        kv_channels=preset.head_dim,
         layernorm_epsilon=preset.norm_epsilon,
         init_method_std=preset.init_method_std,
         normalization="RMSNorm",

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+# The vocabulary is padded to a multiple of this times TP (Megatron-LM's
+# ``--make-vocab-size-divisible-by`` default): MIO's 76,292 ids become 76,416 at TP1.
+VOCAB_SIZE_DIVISIBLE_BY = 128
+
 
 @dataclass(frozen=True)
 class ModelPreset:
@@ -18,6 +22,14 @@ class ModelPreset:
     rotary_base: float = 5_000_000.0
     max_position_embeddings: int = 4096
     init_method_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head (megatron-core's ``kv_channels``, HF's ``head_dim``).
+
+        Derived, not stored: checkpoints and descriptions hold ``asdict(preset)``, and a Llama
+        config whose ``head_dim`` is not ``hidden_size / heads`` is refused on import."""
+        return self.hidden_size // self.num_attention_heads
 
     def with_overrides(self, **overrides) -> "ModelPreset":
         """Return a copy with every non-None override applied (flags override presets)."""
@@ -59,7 +71,8 @@ def get_preset(name: str) -> ModelPreset:
         raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}") from None
 
 
-def padded_vocab_size(vocab_size: int, divisible_by: int = 128, tensor_parallel_size: int = 1) -> int:
+def padded_vocab_size(vocab_size: int, divisible_by: int = VOCAB_SIZE_DIVISIBLE_BY,
+                      tensor_parallel_size: int = 1) -> int:
     """Round the vocabulary up so every tensor-parallel shard has the same, aligned size."""
     multiple = divisible_by * tensor_parallel_size
     return -(-vocab_size // multiple) * multiple

@@ -1,8 +1,8 @@
 """The output layer's padding columns take no part in the softmax.
 
-The output layer has ``padded_vocab_size`` columns (a multiple of 128 x TP, see
-``presets.padded_vocab_size``), more than the tokenizer has ids.  Left alone, the padding columns
-(logit 0 at initialisation) take probability mass that no real token has: the loss of a freshly
+The output layer has ``padded_vocab_size`` columns (a multiple of ``VOCAB_SIZE_DIVISIBLE_BY`` x
+TP, see ``presets.padded_vocab_size``), more than the tokenizer has ids.  Left alone, the padding
+columns (logit 0 at initialisation) take probability mass that no real token has: the loss of a freshly
 converted model is above the one ``transformers`` computes on the same documents, and by an
 amount that depends on the TP layout.  Setting them to -inf on the ranks that hold them, before
 megatron-core's vocab-parallel cross entropy, makes the loss, the per-modality losses and any
@@ -11,7 +11,6 @@ sampling from these logits see only the real vocabulary; their gradient is then 
 
 from __future__ import annotations
 
-import torch
 from megatron.core.models.gpt import GPTModel
 from megatron.core.parallel_state import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 

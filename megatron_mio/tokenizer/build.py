@@ -9,38 +9,34 @@ The output directory holds:
 * ``tokenizer.model``: the base SentencePiece model, the reference that ``MIOTokenizer`` uses for
   text (it is what MIO trained with);
 * ``tokenizer_config.json`` / ``special_tokens_map.json``: ``PreTrainedTokenizerFast``, which
-  loads ``tokenizer.json`` unchanged in transformers 4.x and 5.x alike.
+  loads ``tokenizer.json`` unchanged in transformers 4.x and 5.x alike, with Yi-6B-Chat's ChatML
+  ``chat_template`` (``megatron_mio.tokenizer.chatml``).
 
-We do not go through ``transformers.LlamaTokenizer``: in transformers 5.x it converts a Unigram
-model to BPE and silently changes ids (DESIGN.md, "Tokenizer facts").
+We do not go through ``transformers.LlamaTokenizer``: in transformers 5.x it has no
+sentencepiece-based slow tokenizer; ``LlamaTokenizer(vocab_file=...)`` converts a Unigram model to
+BPE and silently changes ids (and can encode text to nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
+from megatron_mio.atomic import atomic_file
 from megatron_mio.tokenizer import vocab as V
+from megatron_mio.tokenizer.chatml import CHAT_TEMPLATE
 
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODEL = "tokenizer.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
-
-# Yi-6B-Chat's ChatML chat template (one newline after every <|im_end|>).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 _PIECE_UNKNOWN = sentencepiece_model_pb2.ModelProto.SentencePiece.UNKNOWN
 _PIECE_CONTROL = sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL
@@ -260,21 +256,19 @@ def _write_directory(output: Path, tokenizer: Tokenizer, specials: SpecialTokens
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
-        "chat_template": CHATML_TEMPLATE,
+        "chat_template": CHAT_TEMPLATE,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        tokenizer.save(str(staging / TOKENIZER_JSON))
-        if model_path is not None:
-            shutil.copyfile(model_path, staging / SENTENCEPIECE_MODEL)
-        (staging / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False)
-                                                + "\n", encoding="utf-8")
-        (staging / SPECIAL_TOKENS_MAP).write_text(json.dumps(names, indent=2, ensure_ascii=False)
-                                                  + "\n", encoding="utf-8")
-        # Replace file by file: ``output`` may be the base we just read (idempotent rebuild).
-        output.mkdir(parents=True, exist_ok=True)
-        for item in sorted(staging.iterdir()):
-            os.replace(item, output / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    files = {TOKENIZER_JSON: lambda tmp: tokenizer.save(str(tmp)),
+             TOKENIZER_CONFIG: lambda tmp: tmp.write_text(_json_text(config), encoding="utf-8"),
+             SPECIAL_TOKENS_MAP: lambda tmp: tmp.write_text(_json_text(names), encoding="utf-8")}
+    if model_path is not None:
+        files[SENTENCEPIECE_MODEL] = lambda tmp: shutil.copyfile(model_path, tmp)
+    # File by file, not the whole directory: ``output`` may be the base just read (an idempotent
+    # rebuild) or hold other files.  Every file is written before the first is renamed into place.
+    with contextlib.ExitStack() as stack:
+        for name, write in sorted(files.items()):
+            write(stack.enter_context(atomic_file(output / name)))
+
+
+def _json_text(value: dict) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"

@@ -310,14 +310,11 @@ class MIOTokenizer:
 
     def modality_table(self) -> np.ndarray:
         """uint8 [vocab_size]: the ``Modality`` of every id (IMAGE/SPEECH codes and wrappers)."""
-        # Imported here: batch.py pulls in torch, which the tokenizer tools do not need.
-        from megatron_mio.data.batch import Modality
-
-        table = np.full(self.vocab_size, Modality.TEXT, dtype=np.uint8)
-        table[self._image_lut] = Modality.IMAGE
-        table[[self.image_start_id, self.image_end_id]] = Modality.IMAGE
-        table[self._speech_lut] = Modality.SPEECH
-        table[[self.speech_start_id, self.speech_end_id]] = Modality.SPEECH
+        table = np.full(self.vocab_size, V.Modality.TEXT, dtype=np.uint8)
+        table[self._image_lut] = V.Modality.IMAGE
+        table[[self.image_start_id, self.image_end_id]] = V.Modality.IMAGE
+        table[self._speech_lut] = V.Modality.SPEECH
+        table[[self.speech_start_id, self.speech_end_id]] = V.Modality.SPEECH
         return table
 
     def __len__(self) -> int:

@@ -1,12 +1,15 @@
 """The MIO vocabulary: spellings, counts and order of the 12,292 multimodal tokens.
 
-One source of truth for every fact about MIO's token strings (DESIGN.md, "Facts from the
-paper"): SEED-Tokenizer image codes ``<img0>``..``<img8191>``, SpeechTokenizer codes
-``<spch0>``..``<spch4095>`` (four codebooks of 1,024: content = 0..1023, timbre codebook k =
-1024*k + code), and the four wrapping tokens.
+One source of truth for every fact about MIO's tokens, as the MIO paper ("MIO: A Foundation
+Model on Multimodal Tokens", arXiv 2409.17692) and its released code spell them: SEED-Tokenizer
+image codes ``<img0>``..``<img8191>``, SpeechTokenizer codes ``<spch0>``..``<spch4095>`` (four
+codebooks of 1,024: content = 0..1023, timbre codebook k = 1024*k + code), the four wrapping
+tokens, Yi-6B-Chat's ChatML tokens, and the ``Modality`` of a token.
 """
 
 from __future__ import annotations
+
+import enum
 
 IMAGE_CODEBOOK_SIZE = 8192
 IMAGE_CODES_PER_IMAGE = 32
@@ -29,6 +32,23 @@ NUM_SPEECH_TOKENS = SPEECH_CODEBOOK_SIZE * SPEECH_CODEBOOKS
 NUM_MIO_TOKENS = IMAGE_CODEBOOK_SIZE + NUM_SPEECH_TOKENS + len(WRAPPER_TOKENS)  # 12,292
 YI_BASE_VOCAB_SIZE = 64_000  # Yi-6B's SentencePiece vocabulary
 MIO_VOCAB_SIZE_FOR_YI = YI_BASE_VOCAB_SIZE + NUM_MIO_TOKENS  # 76,292, before padding for TP
+
+
+class Modality(enum.IntEnum):
+    """The modality of a token: the per-modality loss, the token counts of every report.
+
+    Stored as uint8 in the packed batch and in the tokenizer's modality table; the wrapping
+    tokens belong to their modality (``<image>`` is IMAGE).
+    """
+
+    TEXT = 0
+    IMAGE = 1
+    SPEECH = 2
+
+    @property
+    def label(self) -> str:
+        """The name logs and reports use: ``text``, ``image``, ``speech`` (``loss_image``)."""
+        return self.name.lower()
 
 
 def image_token(code: int) -> str:

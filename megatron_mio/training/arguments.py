@@ -20,7 +20,7 @@ import yaml
 
 from megatron_mio.model.attention import BACKENDS, available_backends, default_backend
 from megatron_mio.model.fusions import FUSION_FLAGS
-from megatron_mio.model.presets import PRESETS, ModelPreset, get_preset
+from megatron_mio.model.presets import PRESETS, VOCAB_SIZE_DIVISIBLE_BY, ModelPreset, get_preset
 
 # Every ModelPreset field has a flag of the same name that overrides the preset.
 MODEL_OVERRIDES = tuple(field.name for field in dataclasses.fields(ModelPreset))
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rotary-base", type=float, default=None)
     g.add_argument("--max-position-embeddings", type=int, default=None)
     g.add_argument("--init-method-std", type=float, default=None)
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=VOCAB_SIZE_DIVISIBLE_BY)
     g.add_argument("--vocab-size", type=int, default=None, help="vocabulary size when no --tokenizer-model is given (mock data)")
     g.add_argument("--attention-backend", default=None, choices=list(BACKENDS), help="default: megatron_mio.model.attention.default_backend()")
     g.add_argument("--use-cpu-initialization", action="store_true", help="initialise weights on the CPU as unsplit master weights (same numbers for any TP)")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from megatron_mio.model.presets import ModelPreset
+from megatron_mio.model.presets import VOCAB_SIZE_DIVISIBLE_BY, ModelPreset, padded_vocab_size
 
 GIB = 1024**3
 
@@ -102,7 +102,7 @@ CPU_LOCAL_KERNELS = Kernels("dense", fused_swiglu=False, fused_norm=False)
 def layer_parameters(preset: ModelPreset, tp: int) -> int:
     """Parameters of one transformer layer on one TP rank (matrices split, norms replicated)."""
     h, f = preset.hidden_size, preset.ffn_hidden_size
-    kv = h // preset.num_attention_heads
+    kv = preset.head_dim
     qkv = h * (preset.num_attention_heads + 2 * preset.num_query_groups) * kv
     proj = preset.num_attention_heads * kv * h
     mlp = h * 2 * f + f * h  # SwiGLU: gate and up in one fc1, then fc2
@@ -165,7 +165,7 @@ def layer_activation_bytes(preset: ModelPreset, seq: int, micro_batch: int, tp: 
     e = precision.activation
     s, b, h = seq, micro_batch, preset.hidden_size
     heads = preset.num_attention_heads
-    kv = h // heads
+    kv = preset.head_dim
     f = preset.ffn_hidden_size
     tokens = s * b
     share = tp if sequence_parallel else 1
@@ -360,11 +360,9 @@ def plan(preset: ModelPreset, vocab_size: int, *, gpus: int,
          gpu_memory_gib: float, seq_length: int, micro_batch: int, precision: Precision = BF16,
          kernels: Kernels = GPU_KERNELS, overhead_gib: float = 4.0, gpus_per_node: int = 8,
          sequence_parallel: bool = False, num_microbatches: int = 8,
-         divisible_by: int = 128) -> list[PlanRow]:
+         divisible_by: int = VOCAB_SIZE_DIVISIBLE_BY) -> list[PlanRow]:
     """Estimate every candidate layout; rows sorted fitting first, then by fewest model-parallel
     GPUs (less communication), then by memory."""
-    from megatron_mio.model.presets import padded_vocab_size
-
     rows = []
     for layout in candidate_layouts(preset, gpus, gpus_per_node, sequence_parallel, kernels):
         vocab_padded = padded_vocab_size(vocab_size, divisible_by, layout.tp)

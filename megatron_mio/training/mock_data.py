@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from megatron_mio.data.batch import Modality
+from megatron_mio.tokenizer.vocab import Modality
 
 MIN_DOCUMENT = 8
 
