@@ -9,7 +9,8 @@ import pytest
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from megatron_mio.data.batch import BATCH_KEYS, Modality, document_ids
+from megatron_mio.data.batch import BATCH_KEYS, document_ids
+from megatron_mio.tokenizer.vocab import Modality
 from megatron_mio.data.packed_dataset import BlendedPackedDataset, PackedDataset
 from megatron_mio.data.validate import DataFileError, validate_packed_source
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 
-from megatron_mio.tokenizer.vocab import Modality  # noqa: F401 (the lead removes this after adapting training/)
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "cu_seqlens", "modality")
 

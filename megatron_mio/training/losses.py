@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megatron_mio.data.batch import Modality
+from megatron_mio.tokenizer.vocab import Modality
 
 
 @dataclass

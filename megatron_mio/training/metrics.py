@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megatron_mio.data.batch import Modality, valid_cu_seqlens
+from megatron_mio.data.batch import valid_cu_seqlens
+from megatron_mio.tokenizer.vocab import Modality
 from megatron_mio.training.losses import LossReport
 from megatron_mio.training.run import RunDescription
 
@@ -47,8 +48,7 @@ def peak_tflops(device_name: str | None, precision: str) -> float | None:
 def forward_flops_per_token(preset, padded_vocab: int) -> float:
     """Matmul FLOPs of one token through the model, without the attention score/value products."""
     h, layers = preset.hidden_size, preset.num_layers
-    head_dim = h // preset.num_attention_heads
-    qkv = h * (h + 2 * preset.num_query_groups * head_dim)
+    qkv = h * (h + 2 * preset.num_query_groups * preset.head_dim)
     per_layer = qkv + h * h + 3 * h * preset.ffn_hidden_size  # q/k/v, output projection, SwiGLU
     return 2.0 * (layers * per_layer + h * padded_vocab)
 
@@ -136,8 +136,8 @@ class MetricsLogger:
             "learning_rate": lr,
             "global_batch_size": self.run.global_batch_size,
             "loss": stats.loss.total.mean(),
-            **{f"loss_{modality_name(kind)}": by_modality[kind].mean() for kind in Modality},
-            **{f"tokens_{modality_name(kind)}": int(by_modality[kind].tokens) for kind in Modality},
+            **{f"loss_{kind.label}": by_modality[kind].mean() for kind in Modality},
+            **{f"tokens_{kind.label}": int(by_modality[kind].tokens) for kind in Modality},
             "grad_norm": stats.grad_norms[-1] if stats.grad_norms else None,
             "grad_norm_mean": sum(finite_norms) / len(finite_norms) if finite_norms else None,
             "loss_scale": loss_scale,
@@ -175,17 +175,13 @@ class MetricsLogger:
             self.writer.close()
 
 
-def modality_name(kind: Modality) -> str:
-    return kind.name.lower()
-
-
 def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
 def format_line(r: dict) -> str:
     """Megatron-LM's iteration line, with the per-modality losses and MFU added."""
-    names = [modality_name(kind) for kind in Modality]
+    names = [kind.label for kind in Modality]
     return (
         f" iteration {r['iteration']:8d}/{r['train_iters']:8d} |"
         f" consumed samples: {r['consumed_samples']:12d} |"

@@ -14,7 +14,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.utils import get_attr_wrapped_model
 
-from megatron_mio.model.attention import attention_kwargs
+from megatron_mio.model.inputs import model_inputs
 from megatron_mio.training.losses import LossReport
 
 
@@ -27,18 +27,6 @@ def loss_and_reports(loss_mask: torch.Tensor, modality: torch.Tensor, token_loss
     total = (token_losses.float() * loss_mask.float()).sum()
     count = loss_mask.float().sum().to(torch.int)
     return total, count, LossReport.of_tokens(token_losses, loss_mask, modality)
-
-
-def model_inputs(batch: dict, attention_backend: str, host_cu_seqlens: torch.Tensor | None = None) -> dict:
-    """The GPTModel keyword arguments for one batch (on its device) and attention backend.
-
-    Document boundaries come from ``host_cu_seqlens`` (default: the batch's own, on the CPU).
-    """
-    tokens = batch["tokens"]
-    cu_seqlens = batch["cu_seqlens"] if host_cu_seqlens is None else host_cu_seqlens
-    inputs = {"input_ids": tokens, "position_ids": batch["position_ids"]}
-    inputs.update(attention_kwargs(cu_seqlens, tokens.shape[1], attention_backend, tokens.device))
-    return inputs
 
 
 def forward_step(data_iterator, model, attention_backend: str = "local", device=None):
