@@ -169,7 +169,7 @@ def _should_stop_for_time(args, start: float, device) -> bool:
 
 def evaluate(args, model, forward, table, num_microbatches) -> float | None:
     """Per-token loss over ``--eval-iters`` validation batches (the same batches every time)."""
-    iterators = mio_data.valid_iterators(args, table, len(model))
+    iterators = mio_data.valid_iterators(args, args.true_vocab_size, table, len(model))
     for chunk in model:
         chunk.eval()
     sums = torch.zeros(2, dtype=torch.float64)
@@ -208,7 +208,7 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
         args.true_vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size,
         resume.layout if resume else None,
     )
-    table = mio_data.modality_table(args)
+    table = mio_data.modality_table(args, args.true_vocab_size)
 
     model = build_model(args, preset, plat)
     optimizer = build_optimizer(args, model)
@@ -227,7 +227,7 @@ def _train(args, plat, preset, table, model, optimizer, scheduler, checkpointer,
         iteration, consumed = 0, 0
 
     forward = forward_step_func or partial(forward_step, attention_backend=args.attention_backend, device=plat.device)
-    iterators = mio_data.train_iterators(args, table, consumed, len(model))
+    iterators = mio_data.train_iterators(args, args.true_vocab_size, table, consumed, len(model))
     counter = CountingIterator(iterators[0])
     iterators[0] = counter
     data_iterator = iterators if len(model) > 1 else iterators[0]
