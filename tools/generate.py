@@ -13,9 +13,9 @@ SpeechTokenizer decoders): one object for one prompt and sequence, else a list o
 
 import argparse
 import json
-import os
 import sys
 
+from megatron_mio.atomic import write_text
 from megatron_mio.inference.presets import MODALITIES
 from megatron_mio.inference.prompt import MODES
 
@@ -58,10 +58,7 @@ def main(argv=None) -> int:
         return 2
     text = json.dumps(results[0] if len(results) == 1 else results, indent=2)
     if args.output:
-        tmp = f"{args.output}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.output)
+        write_text(args.output, text + "\n")
     else:
         print(text)
     return 0

@@ -36,7 +36,7 @@ import torch
 from megatron_mio.atomic import atomic_file, write_text
 from megatron_mio.data.batch import Modality
 from megatron_mio.data.packing import DEFAULT_WINDOW, PackIndex, blend_indices, pack_documents
-from megatron_mio.data.validate import IndexInfo, loss_mask_prefix, read_index, validate_packed_source
+from megatron_mio.data.validate import IndexInfo, read_index, validate_packed_source
 
 PACKING_VERSION = 1  # bump when the packing or blending algorithm changes: invalidates caches
 
@@ -195,11 +195,10 @@ class PackedDataset(torch.utils.data.Dataset):
         return self.index.n_packs
 
     def _open(self):
-        # megatron-core's own reader: the files are the stock IndexedDataset format.
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
+        from megatron_mio.data.indexed import open_dataset  # megatron-core's reader: imported late
 
         if self._readers is None:
-            self._readers = (IndexedDataset(self.prefix), IndexedDataset(loss_mask_prefix(self.prefix)))
+            self._readers = open_dataset(self.prefix)
         return self._readers
 
     @property

@@ -15,6 +15,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+from megatron_mio.atomic import atomic_file
 from megatron_mio.tokenizer import vocab as V
 
 _SUBJECTS = ["a small dog", "the old fisherman", "two children", "a red bicycle", "the city council",
@@ -146,13 +147,9 @@ def chat_samples(seed: int = 0, n: int = 16,
 
 def write_jsonl(path: str | os.PathLike, samples: Iterable[dict]) -> str:
     """Write samples as JSON lines (UTF-8, non-ASCII kept as is); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for sample in samples:
             f.write(json.dumps(sample, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return str(path)
 
 
