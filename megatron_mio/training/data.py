@@ -34,22 +34,18 @@ def tokenizer_vocab_size(args) -> int:
 
 def _one_iterator(args, vocab_size: int, table, consumed_samples: int, validation: bool):
     num_samples = (args.eval_iters if validation else args.train_iters) * args.global_batch_size
+    placement = dict(micro_batch_size=args.micro_batch_size,
+                     data_parallel_rank=parallel_state.get_data_parallel_rank(),
+                     data_parallel_size=parallel_state.get_data_parallel_world_size(),
+                     consumed_samples=consumed_samples)
     if args.mock_data:
-        dataset = MockPacks(seed=args.seed + (1 if validation else 0), seq_length=args.seq_length,
-                            vocab_size=vocab_size, num_samples=num_samples)
-        num_workers = 0  # a mock pack costs less than handing it over from a worker
-    else:
-        from megatron_mio.training import real_data
+        # In-process: a mock pack costs less than handing it over from a loader worker.
+        packs = MockPacks(seed=args.seed + (1 if validation else 0), seq_length=args.seq_length,
+                          vocab_size=vocab_size, num_samples=num_samples)
+        return iter(build_dataloader(packs, **placement))
+    from megatron_mio.training import real_data
 
-        dataset = real_data.packed_dataset(args, table, num_samples, validation)
-        num_workers = args.num_workers
-    loader = build_dataloader(
-        dataset, micro_batch_size=args.micro_batch_size,
-        data_parallel_rank=parallel_state.get_data_parallel_rank(),
-        data_parallel_size=parallel_state.get_data_parallel_world_size(),
-        consumed_samples=consumed_samples, num_workers=num_workers,
-    )
-    return iter(loader)
+    return iter(real_data.packed_loader(args, table, num_samples, validation, **placement))
 
 
 def train_iterators(args, vocab_size: int, table, consumed_samples: int, num_chunks: int) -> list:

@@ -1,17 +1,19 @@
 """The packed dataset as the trainer's batch source (``--data-config`` / ``--data-path``).
 
 Where the data flags enter: the mixture is read and checked here, and the one ``PackingConfig``
-of the run is built here.  The dataset is sized for the whole run (``train_iters x
-global_batch_size`` packs) so that a resumed run, starting at the checkpoint's
+of the run is built here.  ``training/data.py`` sizes the blend for the whole run
+(``train_iters x global_batch_size`` packs) so that a resumed run, starting at the checkpoint's
 ``consumed_samples``, reads exactly the packs it would have read without a stop.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from megatron_mio.data.mixture import build_mixture_dataset, read_mixture
-from megatron_mio.data.packed_dataset import BlendedPackedDataset, PackingConfig
+from megatron_mio.data.mixture import read_mixture
+from megatron_mio.data.packed_dataset import PackingConfig
+from megatron_mio.data.sampler import build_pretraining_dataloader
 
 
 def _pad_id(args) -> int:
@@ -27,11 +29,14 @@ def packing_config(args, table: np.ndarray | None) -> PackingConfig:
                          modality_table=table)
 
 
-def packed_dataset(args, table: np.ndarray | None, num_samples: int,
-                   validation: bool = False) -> BlendedPackedDataset:
-    """The run's blend of ``num_samples`` packs; ``validation`` reads the --valid-data-* sources."""
+def packed_loader(args, table: np.ndarray | None, num_samples: int, validation: bool,
+                  **placement) -> torch.utils.data.DataLoader:
+    """This rank's loader over the run's blend of ``num_samples`` packs (``placement``: the
+    sampler's micro-batch size, data-parallel rank and size, consumed samples); ``validation``
+    reads the --valid-data-* sources."""
     if validation:
         mixture = read_mixture(args.valid_data_config, args.valid_data_path)
     else:
         mixture = read_mixture(args.data_config, args.data_path)
-    return build_mixture_dataset(mixture, packing_config(args, table), num_samples)
+    return build_pretraining_dataloader(mixture, packing_config(args, table), num_samples=num_samples,
+                                        num_workers=args.num_workers, **placement)
