@@ -15,7 +15,6 @@ import string
 import numpy as np
 
 from megatron_mio.data import schema as S
-from megatron_mio.tokenizer import vocab as V
 from megatron_mio.tokenizer.mio_tokenizer import MIOTokenizer
 
 STAGES = ("1", "2", "3", "sft")
