@@ -23,7 +23,7 @@ import random
 import tempfile
 
 from megatron_mio.data import synthetic
-from megatron_mio.data.packed_dataset import PackedDataset
+from megatron_mio.data.packed_dataset import PackedDataset, PackingConfig
 from megatron_mio.data.preprocess import PreprocessConfig, preprocess
 from megatron_mio.tokenizer import build_mio_tokenizer, train_sentencepiece
 
@@ -62,7 +62,7 @@ def measure(name: str, samples: list[dict], tokenizer: str, workdir: str, seq_le
         report = preprocess(PreprocessConfig(inputs=[data], output_prefix=prefix,
                                              tokenizer=tokenizer, stage="2", seq_length=limit,
                                              workers=workers, progress=False))
-        packed = PackedDataset(prefix, seq_length, seed=1).meta
+        packed = PackedDataset(prefix, PackingConfig(seq_length, seed=1)).meta
         corpus_tokens = report["tokens"]["total"] + report["dropped"]["tokens"]
         row[mode] = {
             "corpus_tokens": corpus_tokens, "documents": report["documents_written"],

@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_packing import mio_like_lengths  # noqa: E402
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: E402
 
+from megatron_mio.data.mixture import parse_data_path  # noqa: E402
+from megatron_mio.data.packed_dataset import PackingConfig  # noqa: E402
 from megatron_mio.data.sampler import build_pretraining_dataloader  # noqa: E402
 
 H100_SEQUENCES_PER_SECOND = 4.0  # upper end of ~3-4 for Yi-6B/MIO-7B at 2,800 tokens
@@ -68,17 +70,19 @@ def main():
         write_prefix(f"{root}/pairs", lengths[short], 1)
         write_prefix(f"{root}/long", lengths[~short], 2)
         start = time.perf_counter()
-        common = dict(data_path=["12", f"{root}/pairs", "4", f"{root}/long"],
-                      seq_length=args.seq_length, seed=0, num_samples=100_000,
-                      micro_batch_size=args.micro_batch, data_parallel_rank=0, data_parallel_size=1)
-        build_pretraining_dataloader(**common)
+        mixture = parse_data_path(["12", f"{root}/pairs", "4", f"{root}/long"])
+        packing = PackingConfig(args.seq_length, seed=0)
+        common = dict(num_samples=100_000, micro_batch_size=args.micro_batch,
+                      data_parallel_rank=0, data_parallel_size=1)
+        build_pretraining_dataloader(mixture, packing, **common)
         build_seconds = time.perf_counter() - start
         print(f"corpus: {args.documents:,} documents, {int(lengths.sum()):,} tokens; index build "
               f"(validate + pack + blend, cold cache) {build_seconds:.2f} s")
         print("| loader | packed sequences/s | vs one H100 (4 seq/s) |")
         print("| --- | --- | --- |")
         for workers in (0, 1, 2):
-            rate, _ = throughput(build_pretraining_dataloader(**common, num_workers=workers), args.seconds)
+            rate, _ = throughput(build_pretraining_dataloader(mixture, packing, **common, num_workers=workers),
+                                 args.seconds)
             print(f"| {workers} worker(s), micro batch {args.micro_batch} | {rate:,.0f} | "
                   f"{rate / H100_SEQUENCES_PER_SECOND:,.0f}x |")
 

@@ -12,7 +12,7 @@ void register_packing(py::module_& m);  // packing.cpp
 namespace {
 
 // Exclusive prefix sum of document lengths: offsets[i] = sum(lengths[:i]), offsets[n] = total.
-// Used to turn an .idx's per-document sizes into token offsets without a Python loop.
+// data/validate.py checks every .idx's byte pointers against these offsets of its lengths.
 py::array_t<int64_t> document_offsets(py::array_t<int64_t, py::array::c_style | py::array::forcecast> lengths) {
   if (lengths.ndim() != 1) throw std::invalid_argument("document_offsets: lengths must be 1-D");
   const auto n = lengths.shape(0);

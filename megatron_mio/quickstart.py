@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from megatron_mio.atomic import atomic_file, write_text
 from megatron_mio.tokenizer.vocab import Modality
 
 SEQ_LENGTH = 512  # long enough for most synthetic speech samples; small enough for 2 CPU cores
@@ -75,9 +75,7 @@ def prepare(workdir: Path, scale: int = 2) -> dict[str, Path]:
         f"  pretrain: {{weight: 3, prefixes: [{prefixes['pretrain']}]}}\n"
         f"  sft: {{weight: 1, prefixes: [{prefixes['sft']}]}}\n"
     )
-    tmp = paths["mixture"].with_suffix(".yaml.tmp")
-    tmp.write_text(mixture)
-    os.replace(tmp, paths["mixture"])
+    write_text(paths["mixture"], mixture)
     print(f"mixture: {paths['mixture']}")
     return paths
 
@@ -115,10 +113,9 @@ def plot(records: list[dict], output: Path) -> Path:
     ax.set_title("MIO quickstart: tiny model on the CPU")
     ax.legend()
     fig.tight_layout()
-    tmp = output.with_name(output.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(output, suffix=".png") as tmp:  # matplotlib picks the format by the suffix
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, output)
     return output
 
 

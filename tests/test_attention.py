@@ -183,6 +183,30 @@ def test_flex_attention_document_mask_matches_sdpa_per_document():
     torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
 
 
+def test_flex_block_mask_is_built_once_per_micro_batch_by_its_params():
+    """The micro-batch's PackedSeqParams owns FlexAttention's block mask: every layer (and a
+    recompute) asking it again gets the same mask, another micro-batch gets its own, and that
+    mask computes the documents' attention."""
+    from megatron_mio.model.document_attention import (
+        document_packed_seq_params, flex_document_attention, sdpa_per_document,
+    )
+
+    first = document_packed_seq_params(torch.tensor([[0, 7, 20, 20], [0, 5, 20, -1]], dtype=torch.int32), 20)
+    second = document_packed_seq_params(torch.tensor([[0, 20, -1, -1], [0, 1, 20, -1]], dtype=torch.int32), 20)
+    mask = first.flex_block_mask(40)
+    assert first.flex_block_mask(40) is mask
+    assert second.flex_block_mask(40) is not mask
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(40, h, 16, generator=gen) for h in (4, 2, 2))
+    for params in (first, second):
+        cu = params.cu_seqlens_q
+        with torch.no_grad():
+            expected = sdpa_per_document(q, k, v, cu, 20, 0.25)
+            got = flex_document_attention(q, k, v, cu, 20, 0.25, compiled=False,
+                                          block_mask=params.flex_block_mask(40))
+        torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
+
+
 def test_cpu_tensors_use_sdpa_per_document():
     from megatron_mio.model.document_attention import document_attention_kernel, sdpa_per_document
 

@@ -12,6 +12,7 @@ import torch
 from megatron_mio.data.mixture import (
     MixtureError, build_mixture_dataset, load_mixture, mixture_statistics, parse_data_path,
 )
+from megatron_mio.data.packed_dataset import PackingConfig
 from megatron_mio.data.sampler import DataParallelBatchSampler, build_dataloader
 from megatron_mio.tokenizer.vocab import Modality
 from tests.distributed import REPO_ROOT, read_rank_results, run_torchrun
@@ -95,7 +96,7 @@ def three_types(tmp_path_factory):
 
 
 def test_mixture_hits_its_ratios_at_every_prefix(three_types):
-    blend = build_mixture_dataset(load_mixture(three_types / "stage.yaml"), seq_length=64, seed=5,
+    blend = build_mixture_dataset(load_mixture(three_types / "stage.yaml"), PackingConfig(64, seed=5),
                                   num_samples=800)
     assert blend.names == ["pair", "pair", "language", "speech"]
     packs = [len(ds) for ds in blend.datasets]
@@ -113,7 +114,7 @@ def test_mixture_hits_its_ratios_at_every_prefix(three_types):
 
 
 def test_statistics_predict_the_modality_share_of_the_samples(three_types, tmp_path):
-    blend = build_mixture_dataset(load_mixture(three_types / "stage.yaml"), seq_length=64, seed=5,
+    blend = build_mixture_dataset(load_mixture(three_types / "stage.yaml"), PackingConfig(64, seed=5),
                                   num_samples=1600)
     table = modality_table()
     stats = mixture_statistics(blend, table)
@@ -177,7 +178,7 @@ def test_sampler_splits_each_step_across_ranks_and_resumes_at_any_dp_size():
 
 
 def test_dataloader_batches_collate_to_the_contract(three_types):
-    blend = build_mixture_dataset(load_mixture(three_types / "stage.yaml"), seq_length=64, seed=5,
+    blend = build_mixture_dataset(load_mixture(three_types / "stage.yaml"), PackingConfig(64, seed=5),
                                   num_samples=64)
     batch = next(iter(build_dataloader(blend, micro_batch_size=4, data_parallel_rank=1,
                                        data_parallel_size=2, consumed_samples=8)))
@@ -195,7 +196,7 @@ def test_dp2_resume_with_torchrun_equals_uninterrupted_read(three_types, tmp_pat
                  ["--data-path", *data_path, "--out", tmp_path, "--k", k, "--micro-batch", mbs],
                  timeout=300)
     results = read_rank_results(tmp_path, 2)
-    blend = build_mixture_dataset(parse_data_path(data_path), seq_length=64, seed=11, num_samples=200)
+    blend = build_mixture_dataset(parse_data_path(data_path), PackingConfig(64, seed=11), num_samples=200)
     for rank, result in enumerate(results):
         assert len(result["uninterrupted"]) == 2 * k and len(result["resumed"]) == k
         assert result["resumed"] == result["uninterrupted"][k:]

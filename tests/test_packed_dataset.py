@@ -10,8 +10,8 @@ import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from megatron_mio.data.batch import BATCH_KEYS, document_ids
+from megatron_mio.data.packed_dataset import BlendedPackedDataset, PackedDataset, PackingConfig
 from megatron_mio.tokenizer.vocab import Modality
-from megatron_mio.data.packed_dataset import BlendedPackedDataset, PackedDataset
 from megatron_mio.data.validate import DataFileError, validate_packed_source
 
 VOCAB = 300
@@ -76,7 +76,7 @@ def corpus(tmp_path_factory):
 def test_every_item_follows_the_batch_contract(corpus):
     prefix, docs, masks, lengths = corpus
     s, pad_id, table = 64, 7, modality_table()
-    ds = PackedDataset(prefix, s, seed=1, window=50, pad_id=pad_id, modality_table=table)
+    ds = PackedDataset(prefix, PackingConfig(s, seed=1, window=50, pad_id=pad_id, modality_table=table))
     assert ds.meta["n_too_long"] == int((lengths > s).sum()) == 2
     seen = []
     for p in range(len(ds)):
@@ -108,7 +108,7 @@ def test_every_item_follows_the_batch_contract(corpus):
 
 def test_tokens_match_megatron_reader(corpus):
     prefix, *_ = corpus
-    ds = PackedDataset(prefix, 64, seed=1, window=50)
+    ds = PackedDataset(prefix, PackingConfig(64, seed=1, window=50))
     reference = IndexedDataset(prefix)
     for p in range(0, len(ds), 7):
         docs = ds.documents(p)
@@ -119,34 +119,34 @@ def test_tokens_match_megatron_reader(corpus):
 def test_index_is_cached_atomically_and_keyed(corpus, tmp_path):
     prefix, *_ = corpus
     cache = tmp_path / "cache"
-    a = PackedDataset(prefix, 64, seed=1, window=50, cache_dir=str(cache))
+    a = PackedDataset(prefix, PackingConfig(64, seed=1, window=50, cache_dir=str(cache)))
     files = sorted(os.listdir(cache))
     assert len(files) == 3 and not any(".tmp-" in f for f in files)
     mtimes = {f: os.stat(cache / f).st_mtime_ns for f in files}
-    b = PackedDataset(prefix, 64, seed=1, window=50, cache_dir=str(cache))
+    b = PackedDataset(prefix, PackingConfig(64, seed=1, window=50, cache_dir=str(cache)))
     assert {f: os.stat(cache / f).st_mtime_ns for f in files} == mtimes  # reused, not rebuilt
     np.testing.assert_array_equal(a.index.doc_ids, b.index.doc_ids)
     assert isinstance(b.index.doc_ids, np.memmap)
-    PackedDataset(prefix, 64, seed=2, window=50, cache_dir=str(cache))
-    PackedDataset(prefix, 32, seed=1, window=50, cache_dir=str(cache))
+    PackedDataset(prefix, PackingConfig(64, seed=2, window=50, cache_dir=str(cache)))
+    PackedDataset(prefix, PackingConfig(32, seed=1, window=50, cache_dir=str(cache)))
     assert len(os.listdir(cache)) == 9  # seed and seq_length are part of the key
 
 
 def test_fixed_cu_seqlens_length(corpus, tmp_path):
     prefix, *_ = corpus
-    ds = PackedDataset(prefix, 64, seed=1, max_documents_per_pack=4, cu_seqlens_length=6,
-                       cache_dir=str(tmp_path))
+    ds = PackedDataset(prefix, PackingConfig(64, seed=1, max_documents_per_pack=4, cu_seqlens_length=6,
+                                             cache_dir=str(tmp_path)))
     assert all(len(ds.documents(p)) <= 4 for p in range(len(ds)))
     assert ds[0]["cu_seqlens"].shape == (6,)
     with pytest.raises(ValueError, match="cu_seqlens_length"):
-        PackedDataset(prefix, 64, seed=1, cu_seqlens_length=3, cache_dir=str(tmp_path))
+        PackedDataset(prefix, PackingConfig(64, seed=1, cu_seqlens_length=3, cache_dir=str(tmp_path)))
 
 
 def test_blended_dataset_mixes_at_weights_and_cycles_epochs(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     write_corpus(a, [30] * 20, seed=1)  # 10 packs of 2 documents
     write_corpus(b, [60] * 5, seed=2)  # 5 packs
-    ds_a, ds_b = PackedDataset(a, 64, seed=0), PackedDataset(b, 64, seed=0)
+    ds_a, ds_b = PackedDataset(a, PackingConfig(64, seed=0)), PackedDataset(b, PackingConfig(64, seed=0))
     blend = BlendedPackedDataset([ds_a, ds_b], [3, 1], 40, seed=0)
     located = [blend.locate(i) for i in range(40)]
     from_a = [p for d, p in located if d == 0]
@@ -207,13 +207,13 @@ def test_broken_files_raise_naming_the_file(small, case, file, match):
     else:
         os.unlink(path)
     with pytest.raises(DataFileError, match=match) as err:
-        PackedDataset(small, 16, seed=0)
+        PackedDataset(small, PackingConfig(16, seed=0))
     assert path in str(err.value)
 
 
 def test_missing_prefix(tmp_path):
     with pytest.raises(DataFileError, match="no such file") as err:
-        PackedDataset(str(tmp_path / "nowhere"), 16, seed=0)
+        PackedDataset(str(tmp_path / "nowhere"), PackingConfig(16, seed=0))
     assert "nowhere.idx" in str(err.value)
 
 
@@ -234,7 +234,7 @@ def test_mismatched_loss_masks(tmp_path):
 
 def test_bad_modality_table(small):
     with pytest.raises(ValueError, match="uint8"):
-        PackedDataset(small, 16, seed=0, modality_table=np.zeros(VOCAB, dtype=np.int64))
+        PackedDataset(small, PackingConfig(16, seed=0, modality_table=np.zeros(VOCAB, dtype=np.int64)))
 
 
 def test_pickling_for_loader_workers_remaps_instead_of_copying(tmp_path):
@@ -242,7 +242,7 @@ def test_pickling_for_loader_workers_remaps_instead_of_copying(tmp_path):
 
     a = str(tmp_path / "a")
     write_corpus(a, [30] * 40, seed=1)
-    blend = BlendedPackedDataset([PackedDataset(a, 64, seed=0)], [1], 100_000, seed=0)
+    blend = BlendedPackedDataset([PackedDataset(a, PackingConfig(64, seed=0))], [1], 100_000, seed=0)
     blob = pickle.dumps(blend)
     assert len(blob) < blend.dataset_sample_index.nbytes // 10  # 800 kB of index not shipped
     clone = pickle.loads(blob)

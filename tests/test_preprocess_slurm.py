@@ -21,6 +21,7 @@ import pytest
 from megatron_mio.data import synthetic
 from megatron_mio.data.indexed import dataset_files, open_dataset
 from megatron_mio.data.mixture import build_mixture_dataset, load_mixture
+from megatron_mio.data.packed_dataset import PackingConfig
 from megatron_mio.data.preprocess import PreprocessConfig, preprocess, shard_output_prefix
 from tests.slurm_cluster import one_node_cluster, run
 
@@ -81,8 +82,8 @@ def test_array_job_shards_equal_one_run(slurm_env, mio_tokenizer_dir, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(shard_tokens, single_tokens))
     assert all(np.array_equal(a, b) for a, b in zip(shard_masks, single_masks))
     assert all(len(open_dataset(p)[0]) > 0 for p in prefixes)  # every task wrote documents
-    blend = build_mixture_dataset(mixture, seq_length=SEQ_LENGTH, seed=1, num_samples=0,
-                                  cache_dir=str(tmp_path / "cache"))
+    blend = build_mixture_dataset(mixture, PackingConfig(SEQ_LENGTH, seed=1, cache_dir=str(tmp_path / "cache")),
+                                  num_samples=0)
     packed = sum(ds.meta["packed_tokens"] for ds in blend.datasets)
     assert packed == sum(t.size for t in single_tokens)  # every written token reaches a pack
 

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from megatron_mio import atomic
+from megatron_mio.atomic import write_text
 from megatron_mio.inference.presets import MODALITIES
 from megatron_mio.inference.prompt import MODES
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         return 2
     text = json.dumps(results[0] if len(results) == 1 else results, indent=2)
     if args.output:
-        atomic.write_text(args.output, text + "\n")
+        write_text(args.output, text + "\n")
     else:
         print(text)
     return 0

@@ -21,8 +21,9 @@ from megatron_mio import platform  # noqa: E402
 platform.quiet_import_warnings()  # before megatron-core is imported
 
 from megatron_mio.data.mixture import (  # noqa: E402
-    MixtureError, build_mixture_dataset, load_mixture, mixture_statistics, parse_data_path,
+    MixtureError, build_mixture_dataset, mixture_statistics, read_mixture,
 )
+from megatron_mio.data.packed_dataset import PackingConfig  # noqa: E402
 from megatron_mio.data.packing import DEFAULT_WINDOW  # noqa: E402
 from megatron_mio.data.sampler import load_modality_table  # noqa: E402
 from megatron_mio.data.validate import DataFileError  # noqa: E402
@@ -75,12 +76,11 @@ def print_text(stats: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        mixture = load_mixture(args.data_config) if args.data_config else parse_data_path(args.data_path)
-        blend = build_mixture_dataset(
-            mixture, seq_length=args.seq_length, seed=args.seed, num_samples=0,
-            window=args.window, max_documents_per_pack=args.max_documents_per_pack,
-            cache_dir=args.cache_dir,
-        )
+        packing = PackingConfig(args.seq_length, seed=args.seed, window=args.window,
+                                max_documents_per_pack=args.max_documents_per_pack,
+                                cache_dir=args.cache_dir)
+        blend = build_mixture_dataset(read_mixture(args.data_config, args.data_path), packing,
+                                      num_samples=0)
         stats = mixture_statistics(blend, modality_table(args))
     except (MixtureError, DataFileError, ValueError) as err:
         print(f"pack_stats: error: {err}", file=sys.stderr)

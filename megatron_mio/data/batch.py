@@ -41,14 +41,3 @@ def document_ids(cu_seqlens: torch.Tensor, seq_length: int) -> torch.Tensor:
         rows.append(torch.bucketize(positions, bounds, right=True))
     return torch.stack(rows)
 
-
-def document_causal_mask(cu_seqlens: torch.Tensor, seq_length: int) -> torch.Tensor:
-    """Dense block-diagonal causal mask ``[b, 1, s, s]``, True where attention is *forbidden*.
-
-    megatron-core's convention (True = masked).  Only the ``local`` attention backend needs it;
-    the others take ``cu_seqlens`` directly.
-    """
-    docs = document_ids(cu_seqlens, seq_length)
-    same_document = docs.unsqueeze(2) == docs.unsqueeze(1)
-    causal = torch.ones(seq_length, seq_length, dtype=torch.bool, device=docs.device).tril()
-    return ~(same_document & causal).unsqueeze(1)

@@ -19,15 +19,12 @@ import uuid
 import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
+from megatron_mio.data.validate import LOSS_MASK_SUFFIX, loss_mask_prefix
+
 TOKEN_DTYPE = np.int32  # 76,292 ids do not fit uint16
 LOSS_MASK_DTYPE = np.uint8
-LOSS_MASK_SUFFIX = ".loss_mask"
 MODALITY_COUNTS_SUFFIX = ".modality_counts.npy"
 REPORT_SUFFIX = ".report.json"
-
-
-def loss_mask_prefix(prefix: str) -> str:
-    return prefix + LOSS_MASK_SUFFIX
 
 
 def dataset_files(prefix: str) -> list[str]:
@@ -46,6 +43,8 @@ class AtomicDatasetWriter:
     """Collects documents into temporary files; ``commit`` renames them to ``prefix``.
 
     Use as a context manager: leaving the block with an exception removes the temporaries.
+    A dataset is six files renamed in a fixed order, the report last, so this is its own staged
+    commit rather than ``megatron_mio.atomic.atomic_file`` (one file each, renamed on exit).
     """
 
     def __init__(self, prefix: str):

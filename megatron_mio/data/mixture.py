@@ -34,8 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from megatron_mio.data.packed_dataset import BlendedPackedDataset, PackedDataset
-from megatron_mio.data.packing import DEFAULT_WINDOW
+from megatron_mio.data.packed_dataset import BlendedPackedDataset, PackedDataset, PackingConfig
 from megatron_mio.data.validate import LOSS_MASK_SUFFIX, validate_packed_source
 from megatron_mio.tokenizer.vocab import Modality
 
@@ -161,36 +160,34 @@ def parse_data_path(values: list[str]) -> Mixture:
     return Mixture(types=tuple(types), source="--data-path")
 
 
-def build_mixture_dataset(
-    mixture: Mixture, *, seq_length: int, seed: int, num_samples: int, pad_id: int = 0,
-    modality_table: np.ndarray | None = None, window: int = DEFAULT_WINDOW,
-    max_documents_per_pack: int = 0, cu_seqlens_length: int | None = None,
-    cache_dir: str | None = None,
-) -> BlendedPackedDataset:
+def read_mixture(data_config: str | os.PathLike | None = None,
+                 data_path: list[str] | None = None) -> Mixture:
+    """The checked mixture of a run: from a YAML file or ``--data-path`` values (exactly one)."""
+    if (data_config is None) == (not data_path):
+        raise ValueError("give exactly one of data_config (YAML) and data_path")
+    return load_mixture(data_config) if data_config is not None else parse_data_path(data_path)
+
+
+def build_mixture_dataset(mixture: Mixture, config: PackingConfig,
+                          num_samples: int) -> BlendedPackedDataset:
     """All datasets of a mixture, packed and blended into ``num_samples`` sequences."""
     for data_type in mixture.types:  # every file checked before any packing runs
         for prefix in data_type.prefixes:
             validate_packed_source(prefix)
     datasets, weights, names = [], [], []
     for data_type in mixture.types:
-        members = [
-            PackedDataset(prefix, seq_length, seed=seed, window=window,
-                          max_documents_per_pack=max_documents_per_pack, pad_id=pad_id,
-                          modality_table=modality_table, cu_seqlens_length=cu_seqlens_length,
-                          cache_dir=cache_dir)
-            for prefix in data_type.prefixes
-        ]
+        members = [PackedDataset(prefix, config) for prefix in data_type.prefixes]
         total_packs = sum(len(ds) for ds in members)
         if total_packs == 0:
             raise MixtureError(f"{mixture.source}: type {data_type.name!r} has no packs "
-                               f"(no document fits seq_length {seq_length})")
+                               f"(no document fits seq_length {config.seq_length})")
         for ds in members:
             if len(ds):  # an empty member of a non-empty type just gets no share
                 datasets.append(ds)
                 weights.append(data_type.weight * len(ds) / total_packs)
                 names.append(data_type.name)
-    return BlendedPackedDataset(datasets, weights, num_samples, seed=seed, cache_dir=cache_dir,
-                                names=names)
+    return BlendedPackedDataset(datasets, weights, num_samples, seed=config.seed,
+                                cache_dir=config.cache_dir, names=names)
 
 
 def modality_token_counts(ds: PackedDataset, table: np.ndarray | None) -> np.ndarray:
@@ -287,7 +284,7 @@ def mixture_statistics(blend: BlendedPackedDataset, modality_table: np.ndarray |
         mean_documents_per_pack=float(np.average([d["mean_documents_per_pack"] for d in per_dataset],
                                                  weights=blend.weights)),
         cu_seqlens_length=blend.cu_seqlens_length,
-        token_share={m.name.lower(): float(share[m]) for m in Modality},
+        token_share={m.label: float(share[m]) for m in Modality},
         datasets=per_dataset,
         warnings=warnings,
     )

@@ -3,6 +3,7 @@
 ``PackedDataset`` serves one indexed dataset (tokens ``P`` + loss masks ``P.loss_mask``) as
 packed sequences; ``BlendedPackedDataset`` interleaves several of them at given weights.  Items
 follow the contract in ``megatron_mio/data/batch.py`` exactly (one item = one row of a batch).
+Every dataset of a run shares one frozen ``PackingConfig``, built once where the flags enter.
 
 The pack index (``packing.pack_documents``, C++) is built once, by global rank 0 when
 torch.distributed is initialised, and cached next to the data as
@@ -15,24 +16,26 @@ a mixture (data-independent: keyed by weights and sample count).
 
 ``cu_seqlens`` has a fixed length ``L`` so that items collate: ``0, end_1, ..., end_m`` then, if
 the pack is not full, ``s`` (the padding is one more segment), then ``-1`` up to ``L``.  The
-default ``L`` is the exact worst case of the built indices, ``max documents in any pack + 2``;
-pass ``cu_seqlens_length`` (and ``max_documents_per_pack`` to bound the packer) for a fixed,
-data-independent shape, e.g. for CUDA graphs.
+default ``L`` is the exact worst case of the built indices, ``max documents in any pack + 2``
+(of a blend: the largest of its datasets', which it asks each of them to pad its rows to); set
+``cu_seqlens_length`` (and ``max_documents_per_pack`` to bound the packer) in the config for a
+fixed, data-independent shape, e.g. for CUDA graphs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
+from megatron_mio.atomic import atomic_file, write_text
 from megatron_mio.data.packing import DEFAULT_WINDOW, PackIndex, blend_indices, pack_documents
-from megatron_mio.data.validate import IndexInfo, loss_mask_prefix, read_index, validate_packed_source
+from megatron_mio.data.validate import IndexInfo, read_index, validate_packed_source
 from megatron_mio.tokenizer.vocab import Modality
 
 PACKING_VERSION = 1  # bump when the packing or blending algorithm changes: invalidates caches
@@ -61,69 +64,87 @@ def build_once(done_path: str, build) -> None:
                                 "(is the data directory shared between nodes?)")
 
 
-def atomic_save(path: str, array: np.ndarray) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def save_array(path: str, array: np.ndarray) -> None:
+    """``np.save`` under a temporary name, renamed when complete (``megatron_mio.atomic``)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def check_modality_table(table, source: str = "modality table") -> np.ndarray | None:
+    """The per-token ``Modality`` lookup (``uint8 [vocab]``), or an error naming ``source``."""
+    if table is None:
+        return None
+    table = np.asarray(table)
+    if table.ndim != 1 or table.dtype != np.uint8:
+        raise ValueError(f"{source}: modality table must be a 1-D uint8 array per vocab id, got "
+                         f"{table.dtype} {table.shape}")
+    if table.size and table.max() > max(Modality):
+        raise ValueError(f"{source}: modality table holds {table.max()}, not a Modality value")
+    return table
 
 
-def cache_base(prefix: str, cache_dir: str | None) -> str:
-    if cache_dir is None:
-        return prefix
-    os.makedirs(cache_dir, exist_ok=True)
-    return os.path.join(cache_dir, os.path.basename(prefix))
+@dataclasses.dataclass(frozen=True)
+class PackingConfig:
+    """How every dataset of a run is packed and served: built once, where the flags enter.
+
+    ``seq_length``, ``seed``, ``window`` and ``max_documents_per_pack`` decide the packs (they key
+    the index cache); ``pad_id``, ``modality_table`` and ``cu_seqlens_length`` (``None``: the
+    worst case of the built indices) decide how a pack becomes a batch row; ``cache_dir`` is where
+    the indices go (``None``: next to the data).  ``seed`` also seeds the blend's epoch order.
+    """
+
+    seq_length: int
+    seed: int
+    window: int = DEFAULT_WINDOW
+    max_documents_per_pack: int = 0
+    pad_id: int = 0
+    modality_table: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    cu_seqlens_length: int | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        if self.seq_length < 2:
+            raise ValueError(f"seq_length must be >= 2, got {self.seq_length}")
+        object.__setattr__(self, "modality_table", check_modality_table(self.modality_table))
+
+    def cache_base(self, prefix: str) -> str:
+        """Where the caches of dataset ``prefix`` go, less their suffixes."""
+        if self.cache_dir is None:
+            return prefix
+        os.makedirs(self.cache_dir, exist_ok=True)
+        return os.path.join(self.cache_dir, os.path.basename(prefix))
 
 
-def pack_index_key(info: IndexInfo, seq_length: int, seed: int, window: int, max_docs: int) -> str:
+def pack_index_key(info: IndexInfo, config: PackingConfig) -> str:
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(json.dumps([PACKING_VERSION, seq_length, seed, window, max_docs]).encode())
+    digest.update(json.dumps([PACKING_VERSION, config.seq_length, config.seed, config.window,
+                              config.max_documents_per_pack]).encode())
     digest.update(np.ascontiguousarray(info.sequence_lengths).view(np.uint8))
     return digest.hexdigest()
 
 
-def load_or_build_pack_index(
-    info: IndexInfo, seq_length: int, *, seed: int, window: int = DEFAULT_WINDOW,
-    max_documents_per_pack: int = 0, cache_dir: str | None = None,
-) -> tuple[PackIndex, dict]:
+def load_or_build_pack_index(info: IndexInfo, config: PackingConfig) -> tuple[PackIndex, dict]:
     """The pack index of a validated dataset, from its cache (built by rank 0 when missing)."""
-    key = pack_index_key(info, seq_length, seed, window, max_documents_per_pack)
-    base = f"{cache_base(info.prefix, cache_dir)}.packs-{key}"
+    base = f"{config.cache_base(info.prefix)}.packs-{pack_index_key(info, config)}"
     meta_path = f"{base}.json"
 
     def build():
-        index = pack_documents(info.sequence_lengths, seq_length, seed=seed, window=window,
-                               max_documents_per_pack=max_documents_per_pack)
-        atomic_save(f"{base}.offsets.npy", index.pack_offsets)
-        atomic_save(f"{base}.doc_ids.npy", index.doc_ids)
+        index = pack_documents(info.sequence_lengths, config.seq_length, seed=config.seed,
+                               window=config.window,
+                               max_documents_per_pack=config.max_documents_per_pack)
+        save_array(f"{base}.offsets.npy", index.pack_offsets)
+        save_array(f"{base}.doc_ids.npy", index.doc_ids)
         lengths = info.sequence_lengths
         packed_tokens = int(lengths[index.doc_ids].sum(dtype=np.int64)) if index.doc_ids.size else 0
         meta = dict(
-            prefix=info.prefix, seq_length=seq_length, seed=seed, window=window,
-            max_documents_per_pack=max_documents_per_pack, version=PACKING_VERSION,
-            n_documents=info.n_documents, n_packs=index.n_packs, packed_tokens=packed_tokens,
-            n_too_long=index.n_too_long, too_long_tokens=index.too_long_tokens,
-            n_empty=index.n_empty,
+            prefix=info.prefix, seq_length=config.seq_length, seed=config.seed,
+            window=config.window, max_documents_per_pack=config.max_documents_per_pack,
+            version=PACKING_VERSION, n_documents=info.n_documents, n_packs=index.n_packs,
+            packed_tokens=packed_tokens, n_too_long=index.n_too_long,
+            too_long_tokens=index.too_long_tokens, n_empty=index.n_empty,
             max_documents_in_a_pack=int(index.documents_per_pack().max()) if index.n_packs else 0,
         )
-        atomic_write_text(meta_path, json.dumps(meta, indent=1))  # last: marks the cache complete
+        write_text(meta_path, json.dumps(meta, indent=1))  # last: marks the cache complete
 
     build_once(meta_path, build)
     return open_pack_index(base)
@@ -142,62 +163,42 @@ def open_pack_index(base: str) -> tuple[PackIndex, dict]:
     return index, meta
 
 
-def check_modality_table(table: np.ndarray | None) -> np.ndarray | None:
-    if table is None:
-        return None
-    table = np.asarray(table)
-    if table.ndim != 1 or table.dtype != np.uint8:
-        raise ValueError(f"modality table must be a 1-D uint8 array per vocab id, got {table.dtype} "
-                         f"{table.shape}")
-    if table.size and table.max() > max(Modality):
-        raise ValueError(f"modality table holds {table.max()}, not a Modality value")
-    return table
-
-
 class PackedDataset(torch.utils.data.Dataset):
-    """One indexed dataset as packed sequences of ``seq_length`` tokens (``len`` = number of packs).
+    """One indexed dataset as packed sequences of ``config.seq_length`` tokens (``len`` = packs).
 
     Item ``p`` is pack ``p`` of the index, in the packer's order; ``BlendedPackedDataset`` adds
     per-epoch shuffling and mixing.  Files are validated (``validate.py``) before any C++ runs.
     """
 
-    def __init__(
-        self, prefix: str, seq_length: int, *, seed: int, window: int = DEFAULT_WINDOW,
-        max_documents_per_pack: int = 0, pad_id: int = 0,
-        modality_table: np.ndarray | None = None, cu_seqlens_length: int | None = None,
-        cache_dir: str | None = None,
-    ):
-        if seq_length < 2:
-            raise ValueError(f"seq_length must be >= 2, got {seq_length}")
+    def __init__(self, prefix: str, config: PackingConfig):
         self.prefix = prefix
-        self.seq_length = seq_length
-        self.pad_id = pad_id
-        self.modality_table = check_modality_table(modality_table)
+        self.config = config
         info = validate_packed_source(prefix)
         self._lengths = info.sequence_lengths
         self.n_tokens = info.n_tokens
-        self.index, self.meta = load_or_build_pack_index(
-            info, seq_length, seed=seed, window=window,
-            max_documents_per_pack=max_documents_per_pack, cache_dir=cache_dir,
-        )
+        self.index, self.meta = load_or_build_pack_index(info, config)
         needed = self.meta["max_documents_in_a_pack"] + 2
-        self.cu_seqlens_length = needed if cu_seqlens_length is None else cu_seqlens_length
+        fixed = config.cu_seqlens_length
+        self.cu_seqlens_length = needed if fixed is None else fixed
         if self.cu_seqlens_length < needed:
             raise ValueError(
-                f"cu_seqlens_length {cu_seqlens_length} < {needed} needed by {prefix} (a pack holds "
+                f"cu_seqlens_length {fixed} < {needed} needed by {prefix} (a pack holds "
                 f"{needed - 2} documents); raise it or set max_documents_per_pack"
             )
         self._readers = None  # opened lazily, so the dataset pickles cheaply into loader workers
+
+    @property
+    def seq_length(self) -> int:
+        return self.config.seq_length
 
     def __len__(self) -> int:
         return self.index.n_packs
 
     def _open(self):
-        # megatron-core's own reader: the files are the stock IndexedDataset format.
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
+        from megatron_mio.data.indexed import open_dataset  # megatron-core's reader: imported late
 
         if self._readers is None:
-            self._readers = (IndexedDataset(self.prefix), IndexedDataset(loss_mask_prefix(self.prefix)))
+            self._readers = open_dataset(self.prefix)
         return self._readers
 
     @property
@@ -222,12 +223,20 @@ class PackedDataset(torch.utils.data.Dataset):
         return np.asarray(self.index.pack(p))
 
     def __getitem__(self, p: int) -> dict[str, torch.Tensor]:
+        return self.item(p)
+
+    def item(self, p: int, cu_seqlens_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Pack ``p`` as a batch row, its ``cu_seqlens`` padded to ``cu_seqlens_length`` (default:
+        this dataset's own), so that rows of datasets with different worst cases collate."""
+        width = self.cu_seqlens_length if cu_seqlens_length is None else cu_seqlens_length
+        if width < self.cu_seqlens_length:
+            raise ValueError(f"cu_seqlens_length {width} < {self.cu_seqlens_length} of {self.prefix}")
         tokens_ds, masks_ds = self._open()
         docs = self.documents(p)
         return build_packed_item(
             [tokens_ds[int(d)] for d in docs], [masks_ds[int(d)] for d in docs],
-            seq_length=self.seq_length, pad_id=self.pad_id,
-            cu_seqlens_length=self.cu_seqlens_length, modality_table=self.modality_table,
+            seq_length=self.config.seq_length, pad_id=self.config.pad_id,
+            cu_seqlens_length=width, modality_table=self.config.modality_table,
         )
 
 
@@ -283,9 +292,9 @@ def load_or_build_blend(weights: np.ndarray, num_samples: int, cache_dir: str) -
 
     def build():
         dataset, sample = blend_indices(weights, num_samples)
-        atomic_save(f"{base}.dataset.npy", dataset)
-        atomic_save(f"{base}.sample.npy", sample)
-        atomic_write_text(f"{base}.json", json.dumps(dict(weights=list(map(float, weights)),
+        save_array(f"{base}.dataset.npy", dataset)
+        save_array(f"{base}.sample.npy", sample)
+        write_text(f"{base}.json", json.dumps(dict(weights=list(map(float, weights)),
                                                           num_samples=int(num_samples))))
 
     os.makedirs(cache_dir, exist_ok=True)
@@ -309,11 +318,10 @@ class BlendedPackedDataset(torch.utils.data.Dataset):
 
     def __init__(self, datasets: list[PackedDataset], weights, num_samples: int, *, seed: int,
                  cache_dir: str | None = None, names: list[str] | None = None):
+        # Weights were checked where they entered (mixture.py; the C++ blend refuses bad ones).
         weights = np.asarray(weights, dtype=np.float64)
         if len(datasets) != len(weights) or not datasets:
             raise ValueError("need one weight per dataset and at least one dataset")
-        if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
-            raise ValueError(f"weights must be finite and > 0, got {weights.tolist()}")
         for ds in datasets:
             if len(ds) == 0:
                 raise ValueError(f"{ds.prefix}: no packs (no document fits seq_length "
@@ -325,11 +333,8 @@ class BlendedPackedDataset(torch.utils.data.Dataset):
         self.weights = weights / weights.sum()
         self.seed = seed
         self.num_samples = int(num_samples)
-        # One cu_seqlens length for all, so that items from different datasets collate.
-        width = max(ds.cu_seqlens_length for ds in datasets)
-        for ds in datasets:
-            ds.cu_seqlens_length = width
-        self.cu_seqlens_length = width
+        # One cu_seqlens length for all rows, so that items from different datasets collate.
+        self.cu_seqlens_length = max(ds.cu_seqlens_length for ds in datasets)
         cache_dir = cache_dir or os.path.dirname(os.path.abspath(datasets[0].prefix))
         self._blend_base = load_or_build_blend(self.weights, self.num_samples, cache_dir)
         self.dataset_index, self.dataset_sample_index = open_blend(self._blend_base)
@@ -367,4 +372,4 @@ class BlendedPackedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         d, p = self.locate(i)
-        return self.datasets[d][p]
+        return self.datasets[d].item(p, self.cu_seqlens_length)

@@ -85,13 +85,11 @@ def pack_documents(
 
 
 def blend_indices(weights, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """(dataset_index int16 [num_samples], dataset_sample_index int64 [num_samples]) (C++)."""
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.ndim != 1 or weights.size == 0:
-        raise ValueError("weights must be a non-empty list")
-    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
-        raise ValueError(f"weights must be finite and > 0, got {weights.tolist()}")
-    return _C.blend_indices(weights, int(num_samples))
+    """(dataset_index int16 [num_samples], dataset_sample_index int64 [num_samples]) (C++).
+
+    User-facing weights are checked where they enter (``mixture.py``: file, line and field); the
+    C++ refuses an empty list or a weight that is not finite and > 0 (``ValueError``)."""
+    return _C.blend_indices(np.asarray(weights, dtype=np.float64), int(num_samples))
 
 
 # ----------------------------------------------------------------------------------------------

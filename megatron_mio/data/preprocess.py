@@ -35,7 +35,7 @@ from megatron_mio.data.templates import STAGES, TemplateRenderer
 from megatron_mio.tokenizer import vocab as V
 from megatron_mio.tokenizer.mio_tokenizer import MIOTokenizer
 
-MODALITY_NAMES = ("text", "image", "speech")  # Modality TEXT, IMAGE, SPEECH
+MODALITY_NAMES = tuple(kind.label for kind in V.Modality)  # the report's keys, in table order
 REPORT_LIST_LIMIT = 1000  # at most this many skipped/split/dropped items are listed one by one
 COVERAGE_WARNING = 0.99  # warn when less of a corpus' tokens than this reach the files
 # Settings a report records; shards merge only when these agree.

@@ -10,13 +10,16 @@ whatever the data-parallel size was before.
 
 Trainer entry point::
 
+    mixture = read_mixture("examples/data/stage1.yaml")  # or data_path=["0.7", "/d/a", "0.3", "/d/b"]
+    packing = PackingConfig(seq_length=2800, seed=1234, pad_id=tokenizer.pad_id,
+                            modality_table=tokenizer.modality_table())
     loader = build_pretraining_dataloader(
-        data_config="examples/data/stage1.yaml",  # or data_path=["0.7", "/d/a", "0.3", "/d/b"]
-        seq_length=2800, seed=1234, num_samples=train_iters * global_batch_size,
-        micro_batch_size=2, data_parallel_rank=dp_rank, data_parallel_size=dp_size,
-        consumed_samples=consumed, modality_table=tokenizer.modality_table(),
-        pad_id=tokenizer.pad_id)
+        mixture, packing, num_samples=train_iters * global_batch_size, micro_batch_size=2,
+        data_parallel_rank=dp_rank, data_parallel_size=dp_size, consumed_samples=consumed)
     for batch in loader: ...  # dict of tensors per megatron_mio/data/batch.py
+
+``build_dataloader`` serves any dataset of batch-contract items in this order (``--mock-data``
+uses it over synthetic packs).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from megatron_mio.data.mixture import build_mixture_dataset, load_mixture, parse_data_path
-from megatron_mio.data.packing import DEFAULT_WINDOW
+from megatron_mio.data.mixture import Mixture, build_mixture_dataset
+from megatron_mio.data.packed_dataset import PackingConfig, check_modality_table
 
 
 class DataParallelBatchSampler:
@@ -78,33 +81,20 @@ def load_modality_table(path: str | os.PathLike | None) -> np.ndarray | None:
     """A modality table saved with ``np.save`` (e.g. from ``MIOTokenizer.modality_table()``)."""
     if path is None:
         return None
-    table = np.load(path)
-    if table.dtype != np.uint8 or table.ndim != 1:
-        raise ValueError(f"{path}: modality table must be 1-D uint8, got {table.dtype} {table.shape}")
-    return table
+    return check_modality_table(np.load(path), source=os.fspath(path))
 
 
 def build_pretraining_dataloader(
-    *, data_config: str | None = None, data_path: list[str] | None = None, seq_length: int,
-    seed: int, num_samples: int, micro_batch_size: int, data_parallel_rank: int,
-    data_parallel_size: int, consumed_samples: int = 0, modality_table: np.ndarray | None = None,
-    pad_id: int = 0, window: int = DEFAULT_WINDOW, max_documents_per_pack: int = 0,
-    cu_seqlens_length: int | None = None, cache_dir: str | None = None, num_workers: int = 0,
-    pin_memory: bool = False,
+    mixture: Mixture, packing: PackingConfig, *, num_samples: int, micro_batch_size: int,
+    data_parallel_rank: int, data_parallel_size: int, consumed_samples: int = 0,
+    num_workers: int = 0, pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """From a mixture YAML (or ``--data-path`` values) to this rank's iterator of packed batches.
+    """From a checked mixture (``mixture.read_mixture``) to this rank's iterator of packed batches.
 
     Call it on every rank after torch.distributed is initialised: global rank 0 builds and caches
     the indices, the others wait on a barrier and memory-map them.
     """
-    if (data_config is None) == (data_path is None):
-        raise ValueError("give exactly one of data_config (YAML) and data_path")
-    mixture = load_mixture(data_config) if data_config is not None else parse_data_path(data_path)
-    dataset = build_mixture_dataset(
-        mixture, seq_length=seq_length, seed=seed, num_samples=num_samples, pad_id=pad_id,
-        modality_table=modality_table, window=window, max_documents_per_pack=max_documents_per_pack,
-        cu_seqlens_length=cu_seqlens_length, cache_dir=cache_dir,
-    )
+    dataset = build_mixture_dataset(mixture, packing, num_samples)
     return build_dataloader(dataset, micro_batch_size=micro_batch_size,
                             data_parallel_rank=data_parallel_rank,
                             data_parallel_size=data_parallel_size,

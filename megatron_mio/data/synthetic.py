@@ -15,6 +15,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+from megatron_mio.atomic import atomic_file
 from megatron_mio.tokenizer import vocab as V
 
 _SUBJECTS = ["a small dog", "the old fisherman", "two children", "a red bicycle", "the city council",
@@ -80,19 +81,23 @@ def _speech(rng: random.Random, seconds: tuple[float, float], with_timbre: bool)
     return speech
 
 
+def _media_segment(rng: random.Random, image_weight: int, seconds) -> dict:
+    """An image (``image_weight`` times as likely as each other kind), video or speech segment."""
+    kind = rng.choices(["image", "video", "speech"], weights=[image_weight, 1, 1])[0]
+    if kind == "image":
+        return {"image": _image(rng)}
+    if kind == "video":
+        return {"video": _video(rng)}
+    return {"speech": _speech(rng, seconds, rng.random() < 0.5)}
+
+
 def _interleaved(rng: random.Random, seconds) -> dict:
     segments = []
     for k in range(rng.randint(3, 8)):
         if k % 2 == 0:
             segments.append({"text": _paragraph(rng, 1, 5)})
         else:
-            kind = rng.choices(["image", "video", "speech"], weights=[8, 1, 1])[0]
-            if kind == "image":
-                segments.append({"image": _image(rng)})
-            elif kind == "video":
-                segments.append({"video": _video(rng)})
-            else:
-                segments.append({"speech": _speech(rng, seconds, rng.random() < 0.5)})
+            segments.append(_media_segment(rng, 8, seconds))
     return {"type": "interleaved", "segments": segments}
 
 
@@ -146,13 +151,9 @@ def chat_samples(seed: int = 0, n: int = 16,
 
 def write_jsonl(path: str | os.PathLike, samples: Iterable[dict]) -> str:
     """Write samples as JSON lines (UTF-8, non-ASCII kept as is); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for sample in samples:
             f.write(json.dumps(sample, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return str(path)
 
 
@@ -192,13 +193,7 @@ def long_tail_samples(seed: int = 0, n_pages: int = 60, n_interleaved: int = 20,
             k = min(n, rng.randint(2, 10))
             segments.append({"text": " ".join(_sentence(rng) for _ in range(k))})
             n -= k
-            kind = rng.choices(["image", "video", "speech"], weights=[16, 1, 1])[0]
-            if kind == "image":
-                segments.append({"image": _image(rng)})
-            elif kind == "video":
-                segments.append({"video": _video(rng)})
-            else:
-                segments.append({"speech": _speech(rng, (2.0, 10.0), rng.random() < 0.5)})
+            segments.append(_media_segment(rng, 16, (2.0, 10.0)))
         samples.append({"type": "interleaved", "segments": segments})
     rng.shuffle(samples)
     return samples

@@ -16,7 +16,6 @@ import numpy as np
 
 from megatron_mio.data import schema as S
 from megatron_mio.tokenizer import chatml
-from megatron_mio.tokenizer import vocab as V
 from megatron_mio.tokenizer.mio_tokenizer import MIOTokenizer
 
 STAGES = ("1", "2", "3", "sft")
@@ -130,6 +129,13 @@ def format_document(doc: Document, tokenizer: MIOTokenizer) -> str:
                    for run in doc.runs)
 
 
+def _goes(direction: str | None, way: str, rng, probability: float) -> bool:
+    """Whether a pair goes ``way``: as the sample's ``direction`` says, else with ``probability``.
+    The draw is made either way, so a sample's direction does not shift its neighbours' draws."""
+    drawn = rng.random() < probability
+    return drawn if direction is None else direction == way
+
+
 class TemplateRenderer:
     """Applies the stage's templates to parsed samples."""
 
@@ -199,16 +205,12 @@ class TemplateRenderer:
                 doc.text(value) if isinstance(value, str) else value(doc)
 
     def _image_pair(self, doc: Document, sample: S.ImageTextPair, rng) -> None:
-        generation = rng.random() < IMAGE_GENERATION_PROBABILITY
-        if sample.direction is not None:
-            generation = sample.direction == "generation"
+        generation = _goes(sample.direction, "generation", rng, IMAGE_GENERATION_PROBABILITY)
         self._fill(doc, IMAGE_GENERATION if generation else IMAGE_CAPTION,
                    caption=sample.caption, image=lambda d: self._image(d, sample.image))
 
     def _video_pair(self, doc: Document, sample: S.VideoTextPair, rng) -> None:
-        to_video = rng.random() < TEXT_TO_VIDEO_PROBABILITY
-        if sample.direction is not None:
-            to_video = sample.direction == "to_video"
+        to_video = _goes(sample.direction, "to_video", rng, TEXT_TO_VIDEO_PROBABILITY)
         self._fill(doc, TEXT_TO_VIDEO if to_video else VIDEO_TO_TEXT,
                    description=sample.description, video=lambda d: self._video(d, sample.video))
 

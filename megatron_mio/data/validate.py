@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_mio import _C
+
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 HEADER_BYTES = 34  # magic 9 + version 8 + dtype code 1 + sequence count 8 + document count 8
 DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64,
                7: np.float32, 8: np.uint16}
 TOKEN_DTYPES = (np.int32, np.uint16, np.int64)
-LOSS_MASK_SUFFIX = ".loss_mask"
+LOSS_MASK_SUFFIX = ".loss_mask"  # P.loss_mask.{bin,idx}: the loss masks of dataset P
 CHUNK = 1 << 22  # documents per vectorised check, so validation memory stays bounded
 
 
@@ -83,11 +85,12 @@ def read_index(prefix: str) -> IndexInfo:
     itemsize = np.dtype(dtype).itemsize
     total = 0
     for start in range(0, n_seq, CHUNK):
-        chunk = lengths[start : start + CHUNK].astype(np.int64)
+        chunk = lengths[start : start + CHUNK]
         if chunk.size and chunk.min() < 0:
             bad = start + int(np.argmin(chunk))
             raise DataFileError(f"{idx_path}: field sequence_lengths[{bad}] = {lengths[bad]} < 0")
-        expected = total + itemsize * (np.cumsum(chunk) - chunk)
+        offsets = _C.document_offsets(chunk)  # token offset of each document in the chunk, + end
+        expected = total + itemsize * offsets[:-1]
         wrong = np.flatnonzero(pointers[start : start + CHUNK] != expected)
         if wrong.size:
             bad = start + int(wrong[0])
@@ -95,7 +98,7 @@ def read_index(prefix: str) -> IndexInfo:
                 f"{idx_path}: field sequence_pointers[{bad}] = {pointers[bad]}, expected "
                 f"{expected[wrong[0]]} from the lengths: corrupted"
             )
-        total += itemsize * int(chunk.sum())
+        total += itemsize * int(offsets[-1])
     bin_size = os.path.getsize(bin_path)
     if bin_size != total:
         raise DataFileError(

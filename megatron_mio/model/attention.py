@@ -37,8 +37,10 @@ from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from megatron_mio.data.batch import document_causal_mask
-from megatron_mio.model.document_attention import DocumentAttention, document_packed_seq_params, require_host_tensor
+from megatron_mio.model.document_attention import (
+    DocumentAttention, batch_major, document_boundaries, document_causal_mask,
+    document_packed_seq_params, require_host_tensor,
+)
 
 BACKENDS = ("te", "torch", "local")
 
@@ -105,8 +107,6 @@ def _te_document_attention_class():
     """
     from megatron.core.extensions.transformer_engine import TEDotProductAttention
 
-    from megatron_mio.model.document_attention import _batch_major, _document_boundaries
-
     class TEDocumentAttention(TEDotProductAttention):
         def __init__(self, config, layer_number, attn_mask_type, attention_type, **kwargs):
             if attn_mask_type != AttnMaskType.padding_causal:
@@ -118,7 +118,7 @@ def _te_document_attention_class():
 
         def forward(self, query, key, value, attention_mask, attn_mask_type=None,
                     attention_bias=None, packed_seq_params=None, **kwargs):
-            cu_seqlens = _document_boundaries(packed_seq_params, attention_mask, attention_bias)
+            cu_seqlens = document_boundaries(packed_seq_params, attention_mask, attention_bias)
             thd = PackedSeqParams(
                 qkv_format="thd",
                 cu_seqlens_q=cu_seqlens,
@@ -131,7 +131,7 @@ def _te_document_attention_class():
                                        packed_seq_params=thd, **kwargs)
             seq, batch = query.shape[:2]
             out = super().forward(
-                *(_batch_major(x) for x in (query, key, value)), None,
+                *(batch_major(x) for x in (query, key, value)), None,
                 attn_mask_type=AttnMaskType.padding_causal, packed_seq_params=thd, **kwargs,
             )
             # TE returns [t, heads*dim] in thd; back to [s, b, heads*dim].

@@ -20,15 +20,24 @@ The kernel is chosen in one place, :func:`choose_kernel`, from the tensors and w
 on CUDA in fp16/bf16, torch's varlen flash attention when this torch has it (for GQA only where
 it takes ``enable_gqa``); else on CUDA, compiled FlexAttention with a document block mask; else
 (the CPU) SDPA called per document.
-All of them compute the same function; the tests compare them with the dense-mask reference.
+All of them compute the same function; the tests compare them with the dense-mask reference
+(:func:`document_causal_mask`, the ``local`` backend's dense mask, also built here).
+
+FlexAttention's block mask costs a pass over all ``(b*s)^2 / 128^2`` blocks, so it is built once
+per micro-batch, not per layer: :func:`document_packed_seq_params` returns a
+:class:`DocumentPackedSeqParams`, which owns the mask.  Its lifetime is the micro-batch on one
+model chunk: the forward step builds it from the batch (every pipeline stage and every virtual
+chunk runs its own forward step, so each builds its own), megatron-core passes that object to
+every layer and to a layer's recomputed forward, FlexAttention's autograd keeps the mask for the
+backward, and it is freed with the micro-batch.  Nothing is cached anywhere else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -38,7 +47,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_mio.data.batch import valid_cu_seqlens
+from megatron_mio.data.batch import document_ids, valid_cu_seqlens
 
 # A kernel takes flattened q [t, heads, dim], k/v [t, groups, dim], the int32 document
 # boundaries over those t tokens, the longest document (an upper bound is fine) and the softmax
@@ -55,7 +64,41 @@ def require_host_tensor(tensor: torch.Tensor, name: str) -> None:
         )
 
 
-def document_packed_seq_params(cu_seqlens: torch.Tensor, seq_length: int, device=None) -> PackedSeqParams:
+def document_causal_mask(cu_seqlens: torch.Tensor, seq_length: int) -> torch.Tensor:
+    """Dense block-diagonal causal mask ``[b, 1, s, s]``, True where attention is *forbidden*.
+
+    megatron-core's convention (True = masked).  Only the ``local`` attention backend needs it;
+    the others take ``cu_seqlens`` directly.
+    """
+    docs = document_ids(cu_seqlens, seq_length)
+    same_document = docs.unsqueeze(2) == docs.unsqueeze(1)
+    causal = torch.ones(seq_length, seq_length, dtype=torch.bool, device=docs.device).tril()
+    return ~(same_document & causal).unsqueeze(1)
+
+
+@dataclasses.dataclass
+class DocumentPackedSeqParams(PackedSeqParams):
+    """The PackedSeqParams of one micro-batch of packs, and the one owner of its block mask.
+
+    megatron-core hands this very object to every layer's core attention, and again to a layer's
+    recomputed forward (its checkpoint wrappers close over it), so a mask cached here is built
+    once per micro-batch and model chunk and seen identically by the forward, the recompute and
+    (saved by FlexAttention's autograd) the backward.  It goes away with the micro-batch.
+    """
+
+    _flex_block_mask: tuple | None = dataclasses.field(default=None, init=False, repr=False,
+                                                      compare=False)
+
+    def flex_block_mask(self, total: int):
+        """FlexAttention's document block mask over the ``total`` flattened tokens (cached)."""
+        cached = self._flex_block_mask
+        if cached is None or cached[0] != total:
+            cached = self._flex_block_mask = (total, document_block_mask(self.cu_seqlens_q, total))
+        return cached[1]
+
+
+def document_packed_seq_params(cu_seqlens: torch.Tensor, seq_length: int,
+                               device=None) -> DocumentPackedSeqParams:
     """PackedSeqParams (``sbhd``) for a micro-batch of packs, from the batch's ``cu_seqlens``.
 
     ``cu_seqlens`` is the host copy of the batch contract's ``int32 [b, L]`` (``-1`` padded, each
@@ -81,7 +124,7 @@ def document_packed_seq_params(cu_seqlens: torch.Tensor, seq_length: int, device
     flat = torch.cat([torch.zeros(1, dtype=torch.int64)] + rows).to(torch.int32)
     if device is not None and torch.device(device).type != "cpu":
         flat = flat.pin_memory().to(device, non_blocking=True)
-    return PackedSeqParams(
+    return DocumentPackedSeqParams(
         qkv_format="sbhd",
         cu_seqlens_q=flat,
         cu_seqlens_kv=flat,
@@ -116,11 +159,17 @@ def _token_document_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     return torch.bucketize(positions, cu_seqlens[1:-1].to(torch.int32), right=True)
 
 
-def flex_document_attention(q, k, v, cu_seqlens, max_seqlen, scale, *, compiled: bool = True):
-    """FlexAttention with a block mask built from the document ids of every token."""
+def flex_document_attention(q, k, v, cu_seqlens, max_seqlen, scale, *, compiled: bool = True,
+                            block_mask=None):
+    """FlexAttention with a block mask built from the document ids of every token.
+
+    ``block_mask``: the micro-batch's mask (``DocumentPackedSeqParams.flex_block_mask``), so
+    that the layers share one; built here when not given.
+    """
     from torch.nn.attention.flex_attention import flex_attention
 
-    block_mask = _document_block_mask(cu_seqlens, q.size(0))
+    if block_mask is None:
+        block_mask = document_block_mask(cu_seqlens, q.size(0))
     attend = _compiled_flex_attention() if compiled else flex_attention
     out = attend(
         q.transpose(0, 1).unsqueeze(0),
@@ -133,28 +182,16 @@ def flex_document_attention(q, k, v, cu_seqlens, max_seqlen, scale, *, compiled:
     return out.squeeze(0).transpose(0, 1)
 
 
-_BLOCK_MASK_CACHE: list = []
-
-
-def _document_block_mask(cu_seqlens: torch.Tensor, total: int):
-    """The block mask of one micro-batch, built once and reused by every layer.
-
-    All layers of a forward receive the same cu_seqlens tensor object, so identity is the key.
-    """
+def document_block_mask(cu_seqlens: torch.Tensor, total: int):
+    """FlexAttention's block mask: causal inside each document of the flattened tokens."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    if _BLOCK_MASK_CACHE and _BLOCK_MASK_CACHE[0] is cu_seqlens and _BLOCK_MASK_CACHE[1] == total:
-        return _BLOCK_MASK_CACHE[2]
     docs = _token_document_ids(cu_seqlens, total)
 
     def same_document_causal(batch, head, q_index, kv_index):
         return (docs[q_index] == docs[kv_index]) & (q_index >= kv_index)
 
-    block_mask = create_block_mask(
-        same_document_causal, None, None, total, total, device=cu_seqlens.device
-    )
-    _BLOCK_MASK_CACHE[:] = [cu_seqlens, total, block_mask]
-    return block_mask
+    return create_block_mask(same_document_causal, None, None, total, total, device=cu_seqlens.device)
 
 
 @functools.cache
@@ -164,7 +201,7 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class VarlenSignature:
     """How one torch release spells ``torch.nn.attention.varlen.varlen_attn``.
 
@@ -308,29 +345,38 @@ class DocumentAttention(MegatronModule):
         attention_bias: torch.Tensor | None = None,
         packed_seq_params: PackedSeqParams | None = None,
     ) -> torch.Tensor:
-        cu_seqlens = _document_boundaries(packed_seq_params, attention_mask, attention_bias)
-        kernel = document_attention_kernel(query, key)
-        if packed_seq_params.qkv_format == "thd":
-            # [t, heads, dim] already, megatron squeezed the dummy batch dimension.
-            _check_token_count(cu_seqlens, query.size(0))
+        cu_seqlens = document_boundaries(packed_seq_params, attention_mask, attention_bias)
+        thd = packed_seq_params.qkv_format == "thd"
+        # thd: [t, heads, dim] already, megatron squeezed the dummy batch dimension.
+        tokens = query.size(0) if thd else query.size(0) * query.size(1)
+        _check_token_count(cu_seqlens, tokens)
+        kernel = _with_block_mask(document_attention_kernel(query, key), packed_seq_params, tokens)
+        if thd:
             out = kernel(query, key, value, cu_seqlens, packed_seq_params.max_seqlen_q, self.softmax_scale)
             return out.reshape(out.size(0), -1)
         seq, batch = query.shape[:2]
-        _check_token_count(cu_seqlens, seq * batch)
-        flat = [_batch_major(x) for x in (query, key, value)]
+        flat = [batch_major(x) for x in (query, key, value)]
         out = kernel(*flat, cu_seqlens, packed_seq_params.max_seqlen_q, self.softmax_scale)
         # [b*s, heads, dim] -> [s, b, heads*dim]
         return out.reshape(batch, seq, -1).transpose(0, 1).contiguous()
 
 
-def _batch_major(x: torch.Tensor) -> torch.Tensor:
+def _with_block_mask(kernel: Kernel, params: PackedSeqParams, tokens: int) -> Kernel:
+    """FlexAttention gets the micro-batch's block mask, built once on its params object (params
+    built elsewhere, e.g. megatron's own thd ones, own no cache: FlexAttention builds it then)."""
+    if kernel is flex_document_attention and isinstance(params, DocumentPackedSeqParams):
+        return functools.partial(flex_document_attention, block_mask=params.flex_block_mask(tokens))
+    return kernel
+
+
+def batch_major(x: torch.Tensor) -> torch.Tensor:
     """[s, b, heads, dim] -> [b*s, heads, dim], the token order of the flattened cu_seqlens."""
     if x.size(1) == 1:
         return x.squeeze(1)
     return x.transpose(0, 1).reshape(-1, x.size(2), x.size(3))
 
 
-def _document_boundaries(packed_seq_params, attention_mask, attention_bias) -> torch.Tensor:
+def document_boundaries(packed_seq_params, attention_mask, attention_bias) -> torch.Tensor:
     """The cu_seqlens to attend within, or a loud error: never fall back to plain causal."""
     if attention_bias is not None:
         raise ValueError("the torch attention backend does not take an attention_bias")

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import sentencepiece as spm
 
+from megatron_mio.atomic import write_bytes
+
 
 def train_sentencepiece(
     lines: Iterable[str],
@@ -45,8 +47,5 @@ def train_sentencepiece(
         num_threads=1,
         minloglevel=2,
     )
-    tmp = output_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, output_path)
+    write_bytes(output_path, model.getvalue())
     return output_path

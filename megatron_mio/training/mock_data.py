@@ -1,14 +1,13 @@
 """Synthetic packed batches (``--mock-data``), like Megatron-LM's mock datasets.
 
-Every pack is a pure function of ``(seed, global sample index)``, so a resumed run sees exactly
-the samples it would have seen without stopping, on any data-parallel layout.  The documents are
+Every pack is a pure function of ``(seed, global sample index)`` and ``MockPacks`` serves them
+through the same data-parallel sampler as real data, so a resumed run sees exactly the samples it
+would have seen without stopping, on any data-parallel layout.  The documents are
 learnable (each is an arithmetic progression of ids inside one modality's id range), so a tiny
 model's loss falls within a few steps.  Batches follow ``megatron_mio.data.batch``.
 """
 
 from __future__ import annotations
-
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -65,19 +64,16 @@ def mock_pack(seed: int, index: int, seq_length: int, vocab_size: int) -> dict[s
     }
 
 
-def mock_batches(
-    *, seed: int, seq_length: int, vocab_size: int, micro_batch_size: int,
-    data_parallel_rank: int, data_parallel_size: int, consumed_samples: int,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches for one data-parallel rank, Megatron's sample order.
+class MockPacks(torch.utils.data.Dataset):
+    """``num_samples`` mock packs, sample ``i`` = ``mock_pack(seed, i, ...)``: the dataset that
+    ``--mock-data`` serves through the real data-parallel sampler (``data/sampler.py``)."""
 
-    A step of ``micro_batch_size x data_parallel_size`` consecutive samples is split across the
-    data-parallel ranks, rank ``r`` taking the ``r``-th slice (as Megatron-LM's pretraining sampler).
-    """
-    step = micro_batch_size * data_parallel_size
-    position = consumed_samples
-    while True:
-        first = position + data_parallel_rank * micro_batch_size
-        packs = [mock_pack(seed, first + j, seq_length, vocab_size) for j in range(micro_batch_size)]
-        yield {key: torch.stack([p[key] for p in packs]) for key in packs[0]}
-        position += step
+    def __init__(self, *, seed: int, seq_length: int, vocab_size: int, num_samples: int):
+        self.seed, self.seq_length, self.vocab_size = seed, seq_length, vocab_size
+        self.num_samples = num_samples
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return mock_pack(self.seed, index, self.seq_length, self.vocab_size)

@@ -1,12 +1,18 @@
 """The packed dataset as the trainer's batch source (``--data-config`` / ``--data-path``).
 
-Thin glue over ``megatron_mio.data.sampler.build_pretraining_dataloader``: it sizes the dataset
-for the whole run (``train_iters x global_batch_size`` packs) so that a resumed run, starting at
-the checkpoint's ``consumed_samples``, reads exactly the packs it would have read without a stop.
+Where the data flags enter: the mixture is read and checked here, and the one ``PackingConfig``
+of the run is built here.  ``training/data.py`` sizes the blend for the whole run
+(``train_iters x global_batch_size`` packs) so that a resumed run, starting at the checkpoint's
+``consumed_samples``, reads exactly the packs it would have read without a stop.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
+from megatron_mio.data.mixture import read_mixture
+from megatron_mio.data.packed_dataset import PackingConfig
 from megatron_mio.data.sampler import build_pretraining_dataloader
 
 
@@ -18,20 +24,19 @@ def _pad_id(args) -> int:
     return int(MIOTokenizer(args.tokenizer_model).pad_id)
 
 
-def packed_batches(args, table, *, consumed_samples: int, data_parallel_rank: int,
-                   data_parallel_size: int, validation: bool = False):
-    """This rank's micro-batches; ``validation`` reads the --valid-data-* sources from the start."""
+def packing_config(args, table: np.ndarray | None) -> PackingConfig:
+    return PackingConfig(seq_length=args.seq_length, seed=args.seed, pad_id=_pad_id(args),
+                         modality_table=table)
+
+
+def packed_loader(args, table: np.ndarray | None, num_samples: int, validation: bool,
+                  **placement) -> torch.utils.data.DataLoader:
+    """This rank's loader over the run's blend of ``num_samples`` packs (``placement``: the
+    sampler's micro-batch size, data-parallel rank and size, consumed samples); ``validation``
+    reads the --valid-data-* sources."""
     if validation:
-        data_config, data_path = args.valid_data_config, args.valid_data_path
-        num_samples = args.eval_iters * args.global_batch_size
+        mixture = read_mixture(args.valid_data_config, args.valid_data_path)
     else:
-        data_config, data_path = args.data_config, args.data_path
-        num_samples = args.train_iters * args.global_batch_size
-    loader = build_pretraining_dataloader(
-        data_config=data_config, data_path=data_path or None, seq_length=args.seq_length,
-        seed=args.seed, num_samples=num_samples, micro_batch_size=args.micro_batch_size,
-        data_parallel_rank=data_parallel_rank, data_parallel_size=data_parallel_size,
-        consumed_samples=consumed_samples, modality_table=table, pad_id=_pad_id(args),
-        num_workers=args.num_workers,
-    )
-    return iter(loader)
+        mixture = read_mixture(args.data_config, args.data_path)
+    return build_pretraining_dataloader(mixture, packing_config(args, table), num_samples=num_samples,
+                                        num_workers=args.num_workers, **placement)

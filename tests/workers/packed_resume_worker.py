@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from megatron_mio import platform
+from megatron_mio.data.mixture import read_mixture
+from megatron_mio.data.packed_dataset import PackingConfig
 from megatron_mio.data.sampler import build_pretraining_dataloader
 
 
@@ -47,7 +49,7 @@ def main():
 
     def loader(consumed: int, workers: int):
         return build_pretraining_dataloader(
-            data_path=args.data_path, seq_length=args.seq_length, seed=11,
+            read_mixture(data_path=args.data_path), PackingConfig(args.seq_length, seed=11),
             num_samples=args.num_samples, micro_batch_size=args.micro_batch,
             data_parallel_rank=rank, data_parallel_size=world, consumed_samples=consumed,
             num_workers=workers,
