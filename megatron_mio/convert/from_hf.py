@@ -1,8 +1,9 @@
 """Hugging Face LlamaForCausalLM -> megatron-core torch_dist checkpoint (iteration 0).
 
-The checkpoint is written from one process, tensor by tensor (see ``megatron_io``), and loads at
-the requested TP/PP (and any other layout with the same padded vocabulary) with
-``python -m megatron_mio.pretrain --load M`` or ``--finetune``.
+The checkpoint is written from one process, tensor by tensor (see ``megatron_io``), and loads
+with ``python -m megatron_mio.pretrain --load M`` or ``--finetune`` at the requested TP/PP, and at
+any other whose tensor-parallel size divides the padded vocabulary (``--tp`` sets the padding; the
+trainer adopts the padding the checkpoint's description records).
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def _damaged(root: str, iteration: int, what: str) -> str:
 
 
 def padded_vocab_for_load(vocab_size: int, divisible_by: int, tensor_parallel_size: int,
-                          saved: dict | None) -> int:
+                          saved: ModelDescription | None) -> int:
     """This run's padded vocabulary: the checkpoint's, when this tensor-parallel size can shard it.
 
     Padding depends on the TP size (``padded_vocab_size``), and padding rows that the checkpoint
