@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from megatron_mio.checkpoint.layout import write_tracker  # noqa: E402
 from megatron_mio.tokenizer.vocab import MIO_VOCAB_SIZE_FOR_YI  # noqa: E402
 
 BF16_RTOL = 3e-2  # bf16 has 8 mantissa bits: ~4e-3 per rounding, a few roundings deep
@@ -197,7 +198,7 @@ def section_resume(s) -> list[tuple]:
     with tempfile.TemporaryDirectory() as tmp:
         save = Path(tmp) / "ckpt"
         straight = _trainer(["--train-iters", 4, "--save", save, "--save-interval", 2], s, Path(tmp) / "a.jsonl")
-        (save / "latest_checkpointed_iteration.txt").write_text("2")
+        write_tracker(save, 2)  # resume from iteration 2
         resumed = _trainer(["--train-iters", 4, "--load", save], s, Path(tmp) / "b.jsonl")
     same = all(resumed.get(i) == straight[i] for i in (3, 4))
     return [("c", "4 iterations bf16 + distributed optimizer, save at 2, resume", "PASS" if same else "FAIL",

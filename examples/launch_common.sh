@@ -78,6 +78,23 @@ mio_repo() {
 
 mio_in_slurm() { [[ -n ${SLURM_JOB_ID:-} ]] && command -v srun >/dev/null 2>&1; }
 
+# The latest complete iteration saved in directory $1, or nothing when it holds no checkpoint.
+# megatron_mio.checkpoint owns the layout (it imports no torch: a fraction of a second).
+# Returns 3 when the directory's tracker cannot be read (the reason is on stderr).
+mio_latest_iteration() {
+    PYTHONPATH="$MIO_REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m megatron_mio.checkpoint latest "$1"
+}
+
+# Whether directory $1 holds a checkpoint to load.  A damaged tracker counts: the trainer names
+# the damage and --ckpt-step (in EXTRA_ARGS) chooses another iteration.
+mio_has_checkpoint() {
+    local iteration status
+    iteration=$(mio_latest_iteration "$1" 2>/dev/null)
+    status=$?
+    (( status == 0 || status == 3 )) || mio_die "$PYTHON -m megatron_mio.checkpoint failed (status $status; MIO_REPO=$MIO_REPO)"
+    (( status == 3 )) || [[ -n $iteration ]]
+}
+
 mio_count_gpus() {
     command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -c '^GPU' || echo 0
 }
@@ -131,9 +148,8 @@ mio_resolve() {
     if [[ -z ${LOAD_DIR+set} && -n ${MIO_PREVIOUS_STAGE:-} ]]; then
         LOAD_DIR=$MIO_REPO/checkpoints/$MIO_PREVIOUS_STAGE
     fi
-    if [[ -n ${LOAD_DIR:-} && ! -f $CKPT_DIR/latest_checkpointed_iteration.txt \
-          && ! -f $LOAD_DIR/latest_checkpointed_iteration.txt ]]; then
-        mio_die "LOAD_DIR=$LOAD_DIR has no checkpoint (latest_checkpointed_iteration.txt); train the previous stage first, or set LOAD_DIR= (empty) to start from random weights"
+    if [[ -n ${LOAD_DIR:-} ]] && ! mio_has_checkpoint "$CKPT_DIR" && ! mio_has_checkpoint "$LOAD_DIR"; then
+        mio_die "LOAD_DIR=$LOAD_DIR has no checkpoint; train the previous stage first, or set LOAD_DIR= (empty) to start from random weights"
     fi
     [[ -z $STAGE_CONFIG || -f $STAGE_CONFIG ]] || mio_die "STAGE_CONFIG=$STAGE_CONFIG: no such file"
     [[ -z ${DATA_CONFIG:-} || -f $DATA_CONFIG ]] || mio_die "DATA_CONFIG=$DATA_CONFIG: no such file"
@@ -235,8 +251,8 @@ mio_train_args() {
     [[ -n ${GLOBAL_BATCH:-} ]] && MIO_ARGS+=(--global-batch-size "$GLOBAL_BATCH")
     [[ -n ${SAVE_INTERVAL:-} ]] && MIO_ARGS+=(--save-interval "$SAVE_INTERVAL")
     MIO_ARGS+=(--save "$CKPT_DIR" --metrics-file "$METRICS_FILE")
-    if [[ -f $CKPT_DIR/latest_checkpointed_iteration.txt ]]; then
-        mio_log "resuming from $CKPT_DIR (iteration $(cat "$CKPT_DIR/latest_checkpointed_iteration.txt"))"
+    if mio_has_checkpoint "$CKPT_DIR"; then
+        mio_log "resuming from $CKPT_DIR (iteration $(mio_latest_iteration "$CKPT_DIR" 2>&1))"
         MIO_ARGS+=(--load "$CKPT_DIR" --allow-missing-checkpoint)
     elif [[ -n ${LOAD_DIR:-} ]]; then
         mio_log "starting from the weights in $LOAD_DIR"
@@ -302,8 +318,9 @@ mio_forward_signal() {
 # Requeue after a save on a warning signal, unless training has reached TRAIN_ITERS.
 mio_maybe_requeue() {
     [[ $LAUNCHER == srun && ${REQUEUE_ON_PREEMPT:-1} == 1 && ${MIO_PREEMPTED:-0} == 1 ]] || return 0
-    local done_iters=0
-    [[ -f $CKPT_DIR/latest_checkpointed_iteration.txt ]] && done_iters=$(cat "$CKPT_DIR/latest_checkpointed_iteration.txt")
+    local done_iters
+    done_iters=$(mio_latest_iteration "$CKPT_DIR")
+    done_iters=${done_iters:-0}
     if [[ -n ${TRAIN_ITERS:-} ]] && (( done_iters >= TRAIN_ITERS )); then
         mio_log "preempted after the last iteration; not requeueing"
         return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_mio.checkpoint.layout import read_tracker
 from tests.distributed import REPO_ROOT
 
 CI = REPO_ROOT / "ci/slurm"
@@ -71,5 +72,5 @@ def metrics(ckpt: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def latest(ckpt: Path) -> int:
-    return int((ckpt / "latest_checkpointed_iteration.txt").read_text())
+def latest(ckpt: Path) -> int | None:
+    return read_tracker(ckpt)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from megatron_mio.checkpoint.layout import iteration_dir
 from megatron_mio.training.arguments import ConfigError, parse_args
-from megatron_mio.training.checkpointing import CheckpointError, find_checkpoint, iteration_dir
+from megatron_mio.training.checkpointing import CheckpointError, find_checkpoint
 from tests.distributed import run_torchrun
 from tests.workers.train_common import TINY, train
 

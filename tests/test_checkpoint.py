@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_mio.training.checkpointing import TRACKER, iteration_dir, read_tracker, write_tracker
+from megatron_mio.checkpoint.layout import TRACKER, iteration_dir, read_tracker, write_tracker
 from tests.distributed import REPO_ROOT, cpu_env
 from tests.workers.train_common import (
     DP2, ITERS, TINY, from_init, layout_run, metrics, session_root, straight_dp2, train,

@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from megatron_mio.checkpoint.layout import resolve_checkpoint
 from megatron_mio.convert import UnsupportedModelError, convert_from_hf, convert_to_hf
 from megatron_mio.convert import layout as L
-from megatron_mio.convert.megatron_io import CheckpointReader, resolve_checkpoint
+from megatron_mio.convert.megatron_io import CheckpointReader
 from megatron_mio.model.presets import get_preset, padded_vocab_size
 from tests.distributed import REPO_ROOT, run_torchrun
 

@@ -18,6 +18,7 @@ import time
 import pytest
 import torch
 
+from megatron_mio.checkpoint.layout import iteration_dir, write_tracker
 from tests.distributed import REPO_ROOT, cpu_env, run_torchrun
 from tests.workers.train_common import metrics
 
@@ -47,7 +48,7 @@ def test_gpu_configuration_trains_and_resumes_on_cpu(tmp_path, backend):
     assert "gradients reduced in fp32" in log
     assert sorted(straight) == [1, 2, 3, 4] and all(math.isfinite(v) for v in straight.values())
     assert straight[4] < straight[1]
-    (save / "latest_checkpointed_iteration.txt").write_text("2")  # resume from iteration 2
+    write_tracker(save, 2)  # resume from iteration 2
     _, resumed = _train(tmp_path, "resumed", [*common, "--train-iters", "4", "--load", save])
     # Iteration 4 is the first update made by the loaded optimizer (step count, moments).
     assert resumed == {3: straight[3], 4: straight[4]}
@@ -61,7 +62,7 @@ def test_dp_reshardable_optimizer_refuses_another_tp_with_the_way_out(tmp_path):
     save = tmp_path / "tp2"
     run_torchrun("megatron_mio.pretrain", 2, [*base, "--tensor-model-parallel-size", "2", "--train-iters", "1",
                                               "--save", save], module=True, timeout=600)
-    assert dist_checkpointing.load_content_metadata(str(save / "iter_0000001")) == {
+    assert dist_checkpointing.load_content_metadata(str(iteration_dir(save, 1))) == {
         "distrib_optim_sharding_type": "dp_reshardable"}
     with pytest.raises(AssertionError) as failed:
         run_torchrun("megatron_mio.pretrain", 1, [*base, "--train-iters", "2", "--load", save], module=True, timeout=600)
@@ -78,7 +79,7 @@ def test_fully_reshardable_flag_reshards_tp2_to_tp1(tmp_path):
                  module=True, timeout=600)
     from megatron.core import dist_checkpointing
 
-    assert dist_checkpointing.load_content_metadata(str(save / "iter_0000001")) == {
+    assert dist_checkpointing.load_content_metadata(str(iteration_dir(save, 1))) == {
         "distrib_optim_sharding_type": "fully_reshardable"}
     proc = run_torchrun("megatron_mio.pretrain", 1, [*base, "--train-iters", "2", "--load", save],
                         module=True, timeout=600)

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_mio.checkpoint.layout import iteration_dir, write_tracker
 from megatron_mio.training.arguments import ConfigError, parse_args
-from megatron_mio.training.checkpointing import find_checkpoint, iteration_dir, write_tracker
+from megatron_mio.training.checkpointing import find_checkpoint
 from megatron_mio.training.resume import check_schedule
 from tests.test_checkpoint import read_checkpoint
 from tests.workers.train_common import train

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_mio.checkpoint.layout import write_tracker
 from tests.distributed import REPO_ROOT
 from tests.slurm_cluster import RELEASE_REQUEUED_JOB, latest, metrics, one_node_cluster, read, run
 
@@ -205,7 +206,7 @@ def test_multi_node_command(slurm_env, tmp_path):
     is not on that node), resume from CKPT_DIR, EXTRA_ARGS last."""
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "latest_checkpointed_iteration.txt").write_text("100")
+    write_tracker(ckpt, 100)
     tokenizer = tmp_path / "tokenizer"
     tokenizer.mkdir()
     env = {k: v for k, v in slurm_env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
@@ -228,7 +229,7 @@ def test_multi_node_command(slurm_env, tmp_path):
     # Without a checkpoint of its own, stage 1 starts from LOAD_DIR's weights (fresh optimizer).
     start = tmp_path / "yi"
     start.mkdir()
-    (start / "latest_checkpointed_iteration.txt").write_text("1")
+    write_tracker(start, 1)
     env.update(CKPT_DIR=str(tmp_path / "fresh"), LOAD_DIR=str(start))
     cmd = run(["bash", str(REPO_ROOT / "examples/pretrain_stage1.sh")], env=env).stdout
     assert f"--load {start} --finetune" in cmd

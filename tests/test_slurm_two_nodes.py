@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_mio.checkpoint.layout import TRACKER, iteration_dir
 from tests.distributed import REPO_ROOT
 from tests.slurm_cluster import CI, RELEASE_REQUEUED_JOB, ensure_slurm_installed, latest, metrics, read, run
 
@@ -267,7 +268,7 @@ def test_two_node_job_matches_one_node_and_resumes_on_one_node(cluster, stage1_d
     assert [r["iteration"] for r in records] == list(range(1, half + 1))
     _same_as_reference(records, reference)
     assert latest(ckpt) == half
-    assert sorted(p.name for p in (ckpt / f"iter_{half:07d}").glob("__*_0.distcp")) == \
+    assert sorted(p.name for p in iteration_dir(ckpt, half).glob("__*_0.distcp")) == \
         [f"__{rank}_0.distcp" for rank in range(4)]  # every rank of both nodes wrote its shard
 
     # The checkpoint of the two-node job continues on one node (4 processes, the same layout)
@@ -321,7 +322,7 @@ def test_lost_node_fails_the_job_fast_and_resubmission_resumes(cluster, stage1_d
     # Slurm would requeue it itself once enough nodes are up).
     job = cluster.sbatch(env, log, "--nodes=2", "--no-requeue")
     deadline = time.time() + 300
-    while not ((ckpt / "latest_checkpointed_iteration.txt").exists()
+    while not ((ckpt / TRACKER).exists()
                and any(r["iteration"] >= 4 for r in metrics(ckpt))):
         assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING"), f"job ended early:\n{read(log)}"
         assert time.time() < deadline, f"no checkpoint:\n{read(log)}"

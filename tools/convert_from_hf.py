@@ -5,7 +5,8 @@
         --tokenizer mio_tokenizer [--new-token-init mean|normal]
 
 The result starts training with ``python -m megatron_mio.pretrain --load ckpt/mio-init`` (or
-``--finetune``) at any TP/PP whose padded vocabulary matches (--tp sets the padding).
+``--finetune``) at any TP/PP whose tensor-parallel size divides the padded vocabulary (--tp sets
+the padding, which the trainer adopts).
 """
 
 import argparse

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         max_shard_bytes=parse_size(args.max_shard_size), preset_name=args.preset,
         vocab_size=args.vocab_size, dtype=DTYPES.get(args.dtype),
     )
-    print(f"wrote {args.output}: {description['num_layers']} layers, vocabulary {description['vocab_size']}")
+    print(f"wrote {args.output}: {description['model']['num_layers']} layers, vocabulary {description['vocab_size']}")
     return 0
 
 

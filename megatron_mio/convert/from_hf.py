@@ -1,8 +1,9 @@
 """Hugging Face LlamaForCausalLM -> megatron-core torch_dist checkpoint (iteration 0).
 
-The checkpoint is written from one process, tensor by tensor (see ``megatron_io``), and loads at
-the requested TP/PP (and any other layout with the same padded vocabulary) with
-``python -m megatron_mio.pretrain --load M`` or ``--finetune``.
+The checkpoint is written from one process, tensor by tensor (see ``megatron_io``), and loads
+with ``python -m megatron_mio.pretrain --load M`` or ``--finetune`` at the requested TP/PP, and at
+any other whose tensor-parallel size divides the padded vocabulary (``--tp`` sets the padding; the
+trainer adopts the padding the checkpoint's description records).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from megatron_mio.atomic import atomic_directory
+from megatron_mio.checkpoint.description import SPECIAL_ID_FIELDS, Conversion, describe_model
+from megatron_mio.checkpoint.layout import common_state, iteration_dir, write_tracker
 from megatron_mio.convert import layout as L
-from megatron_mio.convert.description import COMMON_KEY, SPECIAL_ID_FIELDS, describe
 from megatron_mio.convert.hf_config import UnsupportedModelError, preset_from_hf_config, read_config_json
-from megatron_mio.convert.hf_io import HFCheckpointReader, staged_output
-from megatron_mio.convert.megatron_io import (
-    Chunk, iteration_dir, layer_chunk, layer_objects, whole_chunk, write_checkpoint, write_tracker,
-)
+from megatron_mio.convert.hf_io import HFCheckpointReader
+from megatron_mio.convert.megatron_io import Chunk, layer_chunk, layer_objects, whole_chunk, write_checkpoint
 from megatron_mio.convert.vocab import RowStatistics, check_added_token_ids, check_init, vocabulary_block
 from megatron_mio.model.presets import ModelPreset, padded_vocab_size
 
@@ -170,19 +171,16 @@ def convert_from_hf(hf_dir: str, output: str, *, tp: int = 1, pp: int = 1, token
         tokenizer = MIOTokenizer(tokenizer_dir)
         special_ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
                        "pad_token_id": tokenizer.pad_id}
-    common = {
-        "iteration": 0,
-        "consumed_samples": 0,
-        "checkpoint_version": 3.0,
-        COMMON_KEY: describe(plan.preset, plan.vocab, plan.padded_vocab, special_ids,
-                             base_vocab_size=plan.base_vocab, tensor_model_parallel_size=tp,
-                             pipeline_model_parallel_size=pp, dtype=str(plan.dtype).removeprefix("torch."),
-                             new_token_init=new_token_init if plan.vocab > plan.base_vocab else None),
-    }
+    conversion = Conversion(dtype=str(plan.dtype).removeprefix("torch."), base_vocab_size=plan.base_vocab,
+                            new_token_init=new_token_init if plan.vocab > plan.base_vocab else None,
+                            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    description = describe_model(plan.preset, plan.vocab, plan.padded_vocab, special_ids=special_ids,
+                                 conversion=conversion)
     objects = layer_objects(L.LAYER_EXTRA_STATE_KEYS, plan.preset.num_layers)
-    with staged_output(output, force) as stage:
+    with atomic_directory(output, overwrite=force) as stage:
         with tqdm(total=len(chunks), desc="HF -> Megatron", unit="tensor", disable=not progress) as bar:
-            write_checkpoint(iteration_dir(stage, 0), chunks, objects, common, lambda chunk: bar.update())
+            write_checkpoint(iteration_dir(stage, 0), chunks, objects, common_state(0, 0, description),
+                             lambda chunk: bar.update())
         if tokenizer_dir:
             shutil.copytree(tokenizer_dir, stage / TOKENIZER_SUBDIR)
         write_tracker(stage, 0)

@@ -1,22 +1,20 @@
-"""Streaming access to Hugging Face safetensors checkpoints, and safe output directories.
+"""Streaming access to Hugging Face safetensors checkpoints.
 
 ``HFCheckpointReader`` returns one tensor (or a block of its rows) at a time.
 ``HFCheckpointWriter`` writes each tensor's bytes into its shard file as they come (shards of at
-most ``max_shard_bytes``), then ``model.safetensors.index.json``; it holds no tensor data itself.  ``staged_output`` makes every tool's output appear complete or not at all.
+most ``max_shard_bytes``), then ``model.safetensors.index.json``; it holds no tensor data itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+
+from megatron_mio.atomic import write_text
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 _SAFETENSORS_NAMES = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
@@ -109,6 +107,10 @@ class HFCheckpointWriter:
     header is written before its data and each tensor's bytes go straight to the file as they
     come, in as many row blocks as the caller likes: nothing is buffered here (safetensors'
     ``save_file`` would hold the whole shard, and then a serialised copy of it).
+
+    Shards get their final names as they are written: the callers write into a directory that
+    becomes the output only when complete (``atomic_directory``), and the index, written last,
+    is what makes the shards a model.
     """
 
     def __init__(self, out_dir: str | Path, tensors: list[tuple[str, tuple[int, ...], torch.dtype]],
@@ -158,24 +160,19 @@ class HFCheckpointWriter:
             offset += size
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-len(encoded) % 8)  # the format's padding: data starts 8-byte aligned
-        self._file = open(self._tmp_name(shard), "wb")
+        self._file = open(self.dir / self._shard_name(shard), "wb")
         self._file.write(len(encoded).to_bytes(8, "little") + encoded)
 
-    def _tmp_name(self, shard: int) -> Path:
-        return self.dir / f"shard-{shard + 1:05d}.tmp"
+    def _shard_name(self, shard: int) -> str:
+        return f"model-{shard + 1:05d}-of-{len(self._shards):05d}.safetensors"
 
     def finish(self) -> None:
-        """Give the complete shards their final names and write the index."""
+        """Write the index, once every tensor is in its shard."""
         if self._next != len(self._order):
             raise RuntimeError(f"{self._order[self._next]} and {len(self._order) - self._next - 1} more were never written")
-        total = len(self._shards)
-        weight_map = {}
-        for shard, names in enumerate(self._shards):
-            final = f"model-{shard + 1:05d}-of-{total:05d}.safetensors"
-            os.replace(self._tmp_name(shard), self.dir / final)
-            weight_map.update({name: final for name in names})
+        weight_map = {name: self._shard_name(shard) for shard, names in enumerate(self._shards) for name in names}
         index = {"metadata": {"total_size": self._total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-        (self.dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        write_text(self.dir / INDEX_NAME, json.dumps(index, indent=2) + "\n")
 
 
 def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
@@ -195,24 +192,6 @@ def _plan_shards(tensors: list[tuple[str, tuple[int, ...], torch.dtype]], max_sh
         shards[-1].append(name)
         filled += size
     return shards
-
-
-@contextlib.contextmanager
-def staged_output(output: str | Path, force: bool):
-    """Yield a temporary sibling directory that becomes ``output`` only if the block succeeds."""
-    output = Path(output)
-    if output.exists() and not force:
-        raise FileExistsError(f"{output} already exists; pass --force to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if output.exists():
-        shutil.rmtree(output) if output.is_dir() else output.unlink()
-    os.replace(staging, output)
 
 
 def parse_size(text: str) -> int:

@@ -1,5 +1,7 @@
 """Streaming writes and reads of megatron-core torch_dist checkpoints, from a single process.
 
+Which directories and common-state entries make up a checkpoint: ``megatron_mio.checkpoint``.
+
 Writing: a torch_dist checkpoint is a ``torch.distributed.checkpoint`` (DCP) directory whose keys
 are the global ShardedTensor keys, plus ``metadata.json``.  Because those global tensors do not
 depend on TP/PP, one process can write a checkpoint that any layout loads.  We hand DCP's own
@@ -35,12 +37,8 @@ from torch.distributed.checkpoint.metadata import (
 from torch.distributed.checkpoint.planner import LoadPlan, SavePlan, TensorWriteData, WriteItem, WriteItemType
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
+# Where megatron-core's torch_dist strategy keeps the common state: one ShardedObject.
 COMMON_STATE_KEY = ShardedObject("common_state", None, (1,), (0,)).unique_key
-
-
-def iteration_dir(save_dir: str | Path, iteration: int) -> Path:
-    return Path(save_dir) / f"iter_{iteration:07d}"
 
 
 @dataclass(frozen=True)
@@ -137,30 +135,6 @@ def write_checkpoint(directory: Path, chunks: list[Chunk], objects: dict[str, ob
     writer = dcp.FileSystemWriter(directory, single_file_per_rank=False, thread_count=1)
     dcp.save({}, storage_writer=writer, planner=_ChunkPlanner(chunks, objects, on_chunk), no_dist=True)
     save_config(CheckpointingConfig(sharded_backend="torch_dist"), str(directory))
-
-
-def write_tracker(save_dir: Path, iteration: int) -> None:
-    """Megatron-LM's ``latest_checkpointed_iteration.txt``, written after the checkpoint."""
-    (save_dir / TRACKER_FILE).write_text(f"{iteration}\n")
-
-
-def resolve_checkpoint(load: str | Path, iteration: int | None = None) -> Path:
-    """``--load`` (a save directory, or one ``iter_*`` directory) -> the checkpoint directory."""
-    load = Path(load)
-    if (load / "metadata.json").is_file():
-        return load
-    if iteration is None:
-        tracker = load / TRACKER_FILE
-        if not tracker.is_file():
-            raise FileNotFoundError(f"{load}: no {TRACKER_FILE} and no metadata.json; not a checkpoint")
-        text = tracker.read_text().strip()
-        if not text.isdigit():
-            raise ValueError(f"{tracker}, line 1: expected an iteration number, found {text!r}")
-        iteration = int(text)
-    directory = iteration_dir(load, iteration)
-    if not (directory / "metadata.json").is_file():
-        raise FileNotFoundError(f"{directory}: no torch_dist checkpoint (metadata.json missing)")
-    return directory
 
 
 class _SliceLoadPlanner(DefaultLoadPlanner):

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_mio.convert.description import description_from_checkpoint, preset_of
-from megatron_mio.convert.megatron_io import CheckpointReader, resolve_checkpoint
+from megatron_mio.checkpoint.description import description_from_checkpoint, preset_of
+from megatron_mio.checkpoint.layout import resolve_checkpoint
+from megatron_mio.convert.megatron_io import CheckpointReader
 from megatron_mio.model.presets import padded_vocab_size
 
 DEFAULT_PROMPTS = (

@@ -14,13 +14,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from megatron_mio.atomic import atomic_directory
+from megatron_mio.checkpoint.description import SPECIAL_ID_FIELDS, description_from_checkpoint, preset_of
+from megatron_mio.checkpoint.layout import resolve_checkpoint
 from megatron_mio.convert import layout as L
-from megatron_mio.inference.presets import DECODING_PRESETS
-from megatron_mio.convert.description import SPECIAL_ID_FIELDS, description_from_checkpoint, preset_of
 from megatron_mio.convert.from_hf import TOKENIZER_SUBDIR
 from megatron_mio.convert.hf_config import llama_config
-from megatron_mio.convert.hf_io import HFCheckpointWriter, staged_output
-from megatron_mio.convert.megatron_io import CheckpointReader, resolve_checkpoint
+from megatron_mio.convert.hf_io import HFCheckpointWriter
+from megatron_mio.convert.megatron_io import CheckpointReader
+from megatron_mio.inference.presets import DECODING_PRESETS
 from megatron_mio.model.presets import ModelPreset
 
 # Files of a model directory that a tokenizer directory must not overwrite.
@@ -88,7 +90,7 @@ def convert_to_hf(load: str, output: str, *, tokenizer_dir: str | None = None, i
     check_shapes(reader, preset, vocab)
     out_dtype = dtype or reader.dtype(L.EMBEDDING)
     cast = lambda t: t.to(out_dtype)  # noqa: E731  (no copy when the dtype already matches)
-    with staged_output(output, force) as stage:
+    with atomic_directory(output, overwrite=force) as stage:
         writer = HFCheckpointWriter(stage, L.hf_tensor_specs(preset, vocab, out_dtype), max_shard_bytes)
         steps = preset.num_layers + 2
         with tqdm(total=steps, desc="Megatron -> HF", unit="step", disable=not progress) as bar:

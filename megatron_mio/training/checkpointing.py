@@ -1,10 +1,8 @@
 """Checkpoints: megatron-core dist_checkpointing in Megatron-LM's directory layout.
 
-::
-
-    {save}/iter_0000300/                    a dist_checkpointing (torch_dist) directory
-    {save}/latest_checkpointed_iteration.txt  "300", written (temp file + rename) only after every
-                                            rank has finished writing iter_0000300
+Where the files are and what the common state holds: ``megatron_mio.checkpoint.layout``; what a
+checkpoint records about its model and the layout that saved it: ``megatron_mio.checkpoint.description``.
+The tracker is written only after every rank has finished writing its iteration.
 
 State-dict keys (what ``iter_N`` holds):
 
@@ -19,7 +17,7 @@ State-dict keys (what ``iter_N`` holds):
   is recorded in the checkpoint's content metadata and a load always reads it from there.
 - ``opt_param_scheduler``: the LR / weight-decay schedule.
 - ``rng_state``: per (PP, TP) rank Python/numpy/torch/device RNG and megatron's RNG tracker.
-- ``iteration``, ``consumed_samples``, ``checkpoint_version``, ``args`` (layout and model shape).
+- ``iteration``, ``consumed_samples``, ``checkpoint_version``, ``args`` (the model description).
 
 ``--load`` resumes model, optimizer, schedule, RNG (when the layout is unchanged), iteration and
 consumed samples, from the latest complete iteration or ``--ckpt-step N``.  ``--finetune`` takes
@@ -44,17 +42,21 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import StrictHandling
 from megatron.core.utils import unwrap_model
 
+from megatron_mio.checkpoint.description import (
+    PARALLEL_FIELDS, ModelDescription, describe_model, read_description, saved_layout,
+)
+from megatron_mio.checkpoint.layout import (
+    CONSUMED_SAMPLES_KEY, ITERATION_KEY, OPTIMIZER_KEY, RNG_KEY, SCHEDULER_KEY, TRACKER, common_state,
+    iteration_dir, model_keys, read_tracker, saved_iterations, write_tracker,
+)
 from megatron_mio.model import padded_vocab_size
 from megatron_mio.training.arguments import ConfigError
 from megatron_mio.training.resume import loads_schedule, retarget_param_groups
 
 log = logging.getLogger(__name__)
 
-TRACKER = "latest_checkpointed_iteration.txt"
-CHECKPOINT_VERSION = 3.0
 DP_RESHARDABLE = {"distrib_optim_sharding_type": "dp_reshardable"}
 FULLY_RESHARDABLE = {"distrib_optim_sharding_type": "fully_reshardable"}
-_LAYOUT_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
 
 
 def optimizer_metadata(fully_reshardable: bool) -> dict:
@@ -65,36 +67,6 @@ def optimizer_metadata(fully_reshardable: bool) -> dict:
 def saved_optimizer_metadata(directory: str) -> dict:
     """The optimizer layout recorded in a checkpoint (older ones were all fully reshardable)."""
     return dist_checkpointing.load_content_metadata(directory) or dict(FULLY_RESHARDABLE)
-
-
-def iteration_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
-
-
-def read_tracker(root: str) -> int | None:
-    """The latest complete iteration under ``root``, or None when there is none."""
-    path = os.path.join(root, TRACKER)
-    if not os.path.exists(path):
-        return None
-    text = open(path, encoding="utf-8").read().strip()
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{path}: expected an iteration number, found {text!r}") from None
-
-
-def write_tracker(root: str, iteration: int) -> None:
-    """Point ``latest_checkpointed_iteration.txt`` at ``iteration`` atomically."""
-    tmp = os.path.join(root, f".{TRACKER}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(str(iteration))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, os.path.join(root, TRACKER))
-
-
-def model_keys(num_chunks: int) -> list[str]:
-    return ["model"] if num_chunks == 1 else [f"model{i}" for i in range(num_chunks)]
 
 
 def _rng_device_type() -> str:
@@ -133,25 +105,21 @@ def _set_rng_state(state: dict) -> None:
 def _rng_sharded_object(state) -> ShardedObject:
     pp, tp = parallel_state.get_pipeline_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_world_size()
     return ShardedObject(
-        "rng_state", state, (pp, tp),
+        RNG_KEY, state, (pp, tp),
         (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()),
         replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True),
     )
 
 
-def layout(args, run) -> dict:
-    """What a checkpoint records about the run that wrote it (``run``: a ``RunDescription``)."""
-    return {
-        "tensor_model_parallel_size": run.tensor_parallel_size,
-        "pipeline_model_parallel_size": run.pipeline_parallel_size,
-        "virtual_pipeline_model_parallel_size": run.virtual_pipeline_parallel_size,
-        "data_parallel_size": run.data_parallel_size,
-        "model": asdict(run.preset),
-        "padded_vocab_size": run.padded_vocab_size,
-        "vocab_size": run.vocab_size,
-        "seq_length": run.seq_length,
-        "bf16": args.bf16,
-    }
+def layout(args, run) -> ModelDescription:
+    """What a checkpoint of this run records about its model and layout (``run``: a ``RunDescription``)."""
+    return describe_model(
+        run.preset, run.vocab_size, run.padded_vocab_size,
+        layout=saved_layout(tensor_parallel=run.tensor_parallel_size,
+                            pipeline_parallel=run.pipeline_parallel_size,
+                            virtual_pipeline=run.virtual_pipeline_parallel_size,
+                            data_parallel=run.data_parallel_size, seq_length=run.seq_length, bf16=args.bf16),
+    )
 
 
 class CheckpointError(ConfigError):
@@ -164,22 +132,12 @@ class ResumePoint:
 
     iteration: int
     directory: str
-    common: dict  # the non-sharded state: iteration, consumed samples, schedule, layout (``args``)
+    common: dict  # the non-sharded state: iteration, consumed samples, schedule, the description
 
     @property
-    def layout(self) -> dict | None:
-        return self.common.get("args")
-
-
-def saved_iterations(root: str) -> list[int]:
-    """The iterations with an ``iter_*`` directory under ``root``, in order."""
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for name in os.listdir(root):
-        if name.startswith("iter_") and name[5:].isdigit() and os.path.isdir(os.path.join(root, name)):
-            found.append(int(name[5:]))
-    return sorted(found)
+    def layout(self) -> ModelDescription | None:
+        """The model description the checkpoint records (with the layout that saved it)."""
+        return read_description(self.common)
 
 
 def find_checkpoint(args) -> ResumePoint | None:
@@ -194,7 +152,7 @@ def find_checkpoint(args) -> ResumePoint | None:
         return None
     if args.ckpt_step is not None:
         iteration = args.ckpt_step
-        if not os.path.isdir(iteration_dir(root, iteration)):
+        if not iteration_dir(root, iteration).is_dir():
             raise CheckpointError(f"--ckpt-step {iteration}: {iteration_dir(root, iteration)} does not exist "
                                   f"(iterations saved in {root}: {_listing(root)})")
     else:
@@ -212,7 +170,7 @@ def find_checkpoint(args) -> ResumePoint | None:
             log.warning("no checkpoint in %s (%s missing): starting from scratch (--allow-missing-checkpoint)",
                         root, TRACKER)
             return None
-    directory = iteration_dir(root, iteration)
+    directory = str(iteration_dir(root, iteration))
     check_checkpoint_files(root, iteration)
     try:
         common = dist_checkpointing.load_common_state_dict(directory)
@@ -225,7 +183,7 @@ def check_checkpoint_files(root: str, iteration: int) -> None:
     """Every file of a torch_dist checkpoint is present and as long as its index says."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    directory = iteration_dir(root, iteration)
+    directory = str(iteration_dir(root, iteration))
     try:
         metadata = FileSystemReader(directory).read_metadata()
     except Exception as err:  # noqa: BLE001 - missing, truncated or not a pickle
@@ -255,7 +213,7 @@ def _damaged(root: str, iteration: int, what: str) -> str:
 
 
 def padded_vocab_for_load(vocab_size: int, divisible_by: int, tensor_parallel_size: int,
-                          saved: dict | None) -> int:
+                          saved: ModelDescription | None) -> int:
     """This run's padded vocabulary: the checkpoint's, when this tensor-parallel size can shard it.
 
     Padding depends on the TP size (``padded_vocab_size``), and padding rows that the checkpoint
@@ -285,11 +243,11 @@ def sharded_state_dict(args, model, optimizer=None, scheduler=None, *, is_loadin
     if optimizer is not None:
         # Nested per chunk: with a virtual pipeline the chunks' local parameter names coincide.
         metadata = optimizer_meta if optimizer_meta is not None else optimizer_metadata(args.dist_ckpt_optim_fully_reshardable)
-        state["optimizer"] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=metadata)
+        state[OPTIMIZER_KEY] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=metadata)
     if scheduler is not None:
-        state["opt_param_scheduler"] = scheduler.state_dict()
+        state[SCHEDULER_KEY] = scheduler.state_dict()
     if rng:
-        state["rng_state"] = _rng_sharded_object(_rng_state() if not is_loading else None)
+        state[RNG_KEY] = _rng_sharded_object(_rng_state() if not is_loading else None)
     return state
 
 
@@ -321,7 +279,7 @@ class Checkpointer:
         if self._warmup is not None:
             self._warmup.join()
             self._warmup = None
-        directory = iteration_dir(args.save, iteration)
+        directory = str(iteration_dir(args.save, iteration))
         if torch.distributed.get_rank() == 0:
             os.makedirs(args.save, exist_ok=True)
             if os.path.exists(directory):  # left over by a run that died while writing it
@@ -334,8 +292,7 @@ class Checkpointer:
             None if args.no_save_optim else scheduler,
             rng=not args.no_save_rng,
         )
-        state.update(iteration=iteration, consumed_samples=consumed_samples,
-                     checkpoint_version=CHECKPOINT_VERSION, args=layout(args, self.run))
+        state.update(common_state(iteration, consumed_samples, layout(args, self.run)))
         request = dist_checkpointing.save(
             state, directory, async_sharded_save=self.async_queue is not None, async_strategy="mcore",
             content_metadata=optimizer_metadata(args.dist_ckpt_optim_fully_reshardable),
@@ -377,9 +334,9 @@ class Checkpointer:
         """Load the checkpoint ``find_checkpoint`` chose; returns (iteration, consumed samples)."""
         args = self.args
         iteration, directory, common = point.iteration, point.directory, point.common
-        saved = common.get("args", {})
+        saved = read_description(common) or {}
         _check_same_shapes(directory, saved.get("model", {}), asdict(self.run.preset))
-        same_layout = all(saved.get(k) == getattr(args, k) for k in _LAYOUT_KEYS)
+        same_layout = all(saved.get(k) == getattr(args, k) for k in PARALLEL_FIELDS)
         if saved.get("padded_vocab_size") not in (None, self.run.padded_vocab_size):
             # megatron loads the common rows; the padding rows keep this run's initialisation
             # and take part in the softmax, so losses differ from the saving run.
@@ -413,21 +370,22 @@ class Checkpointer:
             return 0, 0
         if load_optim:
             if args.override_opt_param_scheduler:  # new --lr / --min-lr: see resume.py
-                retarget_param_groups(loaded["optimizer"], common["opt_param_scheduler"], args)
-            optimizer.load_state_dict(loaded["optimizer"])
-            scheduler.load_state_dict(loaded["opt_param_scheduler"])
+                retarget_param_groups(loaded[OPTIMIZER_KEY], common[SCHEDULER_KEY], args)
+            optimizer.load_state_dict(loaded[OPTIMIZER_KEY])
+            scheduler.load_state_dict(loaded[SCHEDULER_KEY])
         if load_rng:
-            _set_rng_state(loaded["rng_state"])
-        log.info("resumed from %s: iteration %d, %d samples consumed", directory, iteration, loaded["consumed_samples"])
-        return int(loaded["iteration"]), int(loaded["consumed_samples"])
+            _set_rng_state(loaded[RNG_KEY])
+        consumed = int(loaded[CONSUMED_SAMPLES_KEY])
+        log.info("resumed from %s: iteration %d, %d samples consumed", directory, iteration, consumed)
+        return int(loaded[ITERATION_KEY]), consumed
 
 
 def _check_optimizer_reshardable(directory: str, saved: dict, saved_meta: dict, args) -> None:
     """A dp_reshardable optimizer state reloads only at the TP/PP it was written with: say how to move."""
     if saved_meta.get("distrib_optim_sharding_type") != "dp_reshardable":
         return
-    was = " ".join(f"{k}={saved.get(k)}" for k in _LAYOUT_KEYS)
-    now = " ".join(f"{k}={getattr(args, k)}" for k in _LAYOUT_KEYS)
+    was = " ".join(f"{k}={saved.get(k)}" for k in PARALLEL_FIELDS)
+    now = " ".join(f"{k}={getattr(args, k)}" for k in PARALLEL_FIELDS)
     raise ConfigError(
         f"{directory}: its distributed-optimizer state was saved dp_reshardable at {was} and cannot "
         f"be loaded at {now}. Resume once at the saved layout with --dist-ckpt-optim-fully-reshardable "
