@@ -38,7 +38,7 @@ def megatron_world():
 def models(megatron_world):
     """One model per available backend, all with the same weights."""
     from megatron_mio.model.attention import available_backends
-    from tests.workers.attention_models import build_tiny_model
+    from tests.attention_models import build_tiny_model
 
     built = {backend: build_tiny_model(backend) for backend in available_backends()}
     reference = built["local"].state_dict()
@@ -48,7 +48,7 @@ def models(megatron_world):
 
 
 def _pack(**kwargs):
-    from tests.workers.attention_models import make_pack
+    from tests.attention_models import make_pack
 
     return make_pack(DOCS, PAD, **kwargs)
 
@@ -69,7 +69,7 @@ def test_torch_backend_is_the_default_without_transformer_engine():
 
 @torch.no_grad()
 def test_each_document_in_a_pack_equals_the_document_alone(models):
-    from tests.workers.attention_models import alone_logits, logits
+    from tests.attention_models import alone_logits, logits
 
     tokens, positions, cu, docs = _pack()
     for backend, model in models.items():
@@ -82,7 +82,7 @@ def test_each_document_in_a_pack_equals_the_document_alone(models):
 @torch.no_grad()
 def test_documents_of_every_row_of_a_micro_batch_stay_apart(models):
     """b=2 with different boundaries per row: checks the batch-major cu_seqlens layout."""
-    from tests.workers.attention_models import alone_logits, logits, make_pack, stack_packs
+    from tests.attention_models import alone_logits, logits, make_pack, stack_packs
 
     first = make_pack(DOCS, PAD, seed=1)
     second = make_pack([20, 3, 17], 0, seed=2)
@@ -97,7 +97,7 @@ def test_documents_of_every_row_of_a_micro_batch_stay_apart(models):
 
 @torch.no_grad()
 def test_backends_agree(models):
-    from tests.workers.attention_models import logits
+    from tests.attention_models import logits
 
     tokens, positions, cu, _ = _pack()
     reference = logits(models["local"], tokens, positions, cu, "local")
@@ -109,7 +109,7 @@ def test_backends_agree(models):
 
 @torch.no_grad()
 def test_padding_at_the_end_of_a_pack_changes_no_document(models):
-    from tests.workers.attention_models import logits, make_pack
+    from tests.attention_models import logits, make_pack
 
     short = make_pack(DOCS, 0)
     padded = make_pack(DOCS, 11)
@@ -123,7 +123,7 @@ def test_padding_at_the_end_of_a_pack_changes_no_document(models):
 @torch.no_grad()
 def test_a_dropped_document_mask_is_visible(models):
     """The invariance test has teeth: one causal segment over the pack changes later documents."""
-    from tests.workers.attention_models import alone_logits, logits
+    from tests.attention_models import alone_logits, logits
 
     tokens, positions, cu, docs = _pack()
     one_segment = torch.tensor([[0, tokens.shape[1]]], dtype=torch.int32)
@@ -135,7 +135,7 @@ def test_a_dropped_document_mask_is_visible(models):
 
 def test_fwd_and_bwd_agree_between_torch_and_local(models):
     """Gradients of every weight match the dense-mask reference (training, not only inference)."""
-    from tests.workers.attention_models import logits
+    from tests.attention_models import logits
 
     tokens, positions, cu, _ = _pack()
     target = torch.randn(1, tokens.shape[1], 256, generator=torch.Generator().manual_seed(5))
@@ -156,7 +156,7 @@ def test_thd_layout_with_positions_restarting_per_document_matches(models):
     """DocumentAttention also takes megatron's thd layout, where RoPE restarts at each document:
     same logits as the sbhd layout with row positions (RoPE is relative)."""
     from megatron_mio.model.document_attention import document_packed_seq_params
-    from tests.workers.attention_models import logits
+    from tests.attention_models import logits
 
     tokens, positions, cu, docs = _pack()
     sbhd = document_packed_seq_params(cu, tokens.shape[1])
@@ -215,7 +215,7 @@ def test_cpu_tensors_use_sdpa_per_document():
 
 @torch.no_grad()
 def test_attention_without_document_boundaries_refuses_to_run(models):
-    from tests.workers.attention_models import logits
+    from tests.attention_models import logits
 
     tokens, positions, cu, _ = _pack()
     with pytest.raises(ValueError, match="dense document mask"):

@@ -20,7 +20,7 @@ from megatron_mio.checkpoint.layout import iteration_dir
 from megatron_mio.training.arguments import ConfigError, parse_args
 from megatron_mio.training.checkpointing import CheckpointError, find_checkpoint
 from tests.distributed import run_torchrun
-from tests.workers.train_common import TINY, train
+from tests.trainer_runs import TINY, train
 
 BASE = ["--mock-data", "--vocab-size", "300", "--train-iters", "2", "--model-preset", "tiny", "--seq-length", "64"]
 

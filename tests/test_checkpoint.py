@@ -19,7 +19,7 @@ import torch
 
 from megatron_mio.checkpoint.layout import TRACKER, iteration_dir, read_tracker, write_tracker
 from tests.distributed import REPO_ROOT, cpu_env
-from tests.workers.train_common import (
+from tests.trainer_runs import (
     DP2, ITERS, TINY, from_init, layout_run, metrics, session_root, straight_dp2, train,
 )
 

@@ -19,7 +19,7 @@ from megatron_mio.convert import convert_from_hf
 from megatron_mio.tokenizer.vocab import Modality
 from megatron_mio.training.mock_data import mock_modality_table, mock_pack
 from tests.test_convert import ROPE_BASE, save_random_llama, tiny_llama_config
-from tests.workers.train_common import train
+from tests.trainer_runs import train
 
 VOCAB = 1000  # padded to 1024 columns at TP=1 and TP=2
 SEQ, GLOBAL_BATCH, SEED = 64, 4, 1234

@@ -20,7 +20,7 @@ import torch
 
 from megatron_mio.checkpoint.layout import iteration_dir, write_tracker
 from tests.distributed import REPO_ROOT, cpu_env, run_torchrun
-from tests.workers.train_common import metrics
+from tests.trainer_runs import metrics
 
 GPU_LIKE = [
     "--use-cpu", "--mock-data", "--model-preset", "tiny", "--vocab-size", "300", "--seq-length", "64",

@@ -23,7 +23,7 @@ from megatron_mio.training.arguments import ConfigError, parse_args
 from megatron_mio.training.checkpointing import find_checkpoint
 from megatron_mio.training.resume import check_schedule
 from tests.test_checkpoint import read_checkpoint
-from tests.workers.train_common import train
+from tests.trainer_runs import train
 
 BETA1, BETA2, EPS = 0.9, 0.95, 1e-8
 OLD_LR, NEW_LR, OLD_WD, NEW_WD = 1e-3, 5e-4, 0.01, 0.1

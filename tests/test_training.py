@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.distributed import REPO_ROOT, cpu_env
-from tests.workers.train_common import (
+from tests.trainer_runs import (
     LAYOUTS, TINY, from_init, layout_run, metrics, reference, session_root, straight_dp2, train,
 )
 

@@ -24,7 +24,7 @@ from megatron_mio.convert.hf_config import UnsupportedModelError, preset_from_hf
 from megatron_mio.convert.hf_io import HFCheckpointReader
 from megatron_mio.convert.megatron_io import Chunk, layer_chunk, layer_objects, whole_chunk, write_checkpoint
 from megatron_mio.convert.vocab import RowStatistics, check_added_token_ids, check_init, vocabulary_block
-from megatron_mio.model.presets import ModelPreset, padded_vocab_size
+from megatron_mio.model.presets import VOCAB_SIZE_DIVISIBLE_BY, ModelPreset, padded_vocab_size
 
 TOKENIZER_SUBDIR = "tokenizer"  # the tokenizer travels with the checkpoint for the export
 VOCAB_BLOCK_BYTES = 2**26  # vocabulary matrices are written in row blocks of at most 64 MiB
@@ -157,7 +157,7 @@ def model_chunks(reader: HFCheckpointReader, plan: ImportPlan, init: str, seed: 
 
 def convert_from_hf(hf_dir: str, output: str, *, tp: int = 1, pp: int = 1, tokenizer_dir: str | None = None,
                     new_token_init: str = "mean", seed: int = 0, force: bool = False,
-                    divisible_by: int = 128, progress: bool = True,
+                    divisible_by: int = VOCAB_SIZE_DIVISIBLE_BY, progress: bool = True,
                     vocab_block_bytes: int = VOCAB_BLOCK_BYTES) -> ImportPlan:
     """Write ``output/iter_0000000`` + tracker from a HF Llama directory; returns the plan used."""
     plan, config, reader = plan_import(hf_dir, tp, pp, tokenizer_dir, divisible_by)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 
+from megatron_mio.checkpoint.layout import SCHEDULER_KEY
 from megatron_mio.training.arguments import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ GROUP_KEYS = {"max_lr": "lr", "min_lr": "min_lr"}
 
 def loads_schedule(args, common: dict) -> bool:
     """Whether this run restores the optimizer and schedule from the checkpoint."""
-    return not args.finetune and not args.no_load_optim and "opt_param_scheduler" in common
+    return not args.finetune and not args.no_load_optim and SCHEDULER_KEY in common
 
 
 def schedule_changes(args, saved: dict) -> list[tuple[str, object, object]]:
@@ -58,7 +59,7 @@ def check_schedule(args, point) -> None:
     """Refuse a resume whose flags change the saved schedule unless ``--override-opt_param-scheduler``."""
     if point is None or not loads_schedule(args, point.common):
         return
-    changes = schedule_changes(args, point.common["opt_param_scheduler"])
+    changes = schedule_changes(args, point.common[SCHEDULER_KEY])
     if not changes:
         return
     described = "; ".join(f"{flag}: {old} in the checkpoint, {new} now" for flag, old, new in changes)

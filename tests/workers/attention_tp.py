@@ -17,7 +17,7 @@ PP_BACKEND = "torch"
 
 
 def micro_batch():
-    from tests.workers.attention_models import make_pack, stack_packs
+    from tests.attention_models import make_pack, stack_packs
 
     return stack_packs([make_pack([7, 13, 5, 9], 6, seed=1), make_pack([20, 3, 17], 0, seed=2)])
 
@@ -25,7 +25,7 @@ def micro_batch():
 def tensor_parallel_logits(tp: int) -> dict:
     from megatron.core import parallel_state
 
-    from tests.workers.attention_models import build_tiny_model, logits
+    from tests.attention_models import build_tiny_model, logits
 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
     tokens, positions, cu = micro_batch()
@@ -58,7 +58,7 @@ def pipeline_logits(full_weights: dict) -> torch.Tensor | None:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_mio.model.attention import attention_kwargs
-    from tests.workers.attention_models import build_tiny_model, gather_vocab
+    from tests.attention_models import build_tiny_model, gather_vocab
 
     parallel_state.initialize_model_parallel(pipeline_model_parallel_size=2)
     first = parallel_state.is_pipeline_first_stage()
