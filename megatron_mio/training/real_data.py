@@ -16,20 +16,11 @@ from megatron_mio.data.packed_dataset import PackingConfig
 from megatron_mio.data.sampler import build_pretraining_dataloader
 
 
-def _pad_id(args) -> int:
-    if not args.tokenizer_model:
-        return 0
-    from megatron_mio.tokenizer import MIOTokenizer
-
-    return int(MIOTokenizer(args.tokenizer_model).pad_id)
+def packing_config(args, pad_id: int, table: np.ndarray | None) -> PackingConfig:
+    return PackingConfig(seq_length=args.seq_length, seed=args.seed, pad_id=pad_id, modality_table=table)
 
 
-def packing_config(args, table: np.ndarray | None) -> PackingConfig:
-    return PackingConfig(seq_length=args.seq_length, seed=args.seed, pad_id=_pad_id(args),
-                         modality_table=table)
-
-
-def packed_loader(args, table: np.ndarray | None, num_samples: int, validation: bool,
+def packed_loader(args, pad_id: int, table: np.ndarray | None, num_samples: int, validation: bool,
                   **placement) -> torch.utils.data.DataLoader:
     """This rank's loader over the run's blend of ``num_samples`` packs (``placement``: the
     sampler's micro-batch size, data-parallel rank and size, consumed samples); ``validation``
@@ -38,5 +29,5 @@ def packed_loader(args, table: np.ndarray | None, num_samples: int, validation: 
         mixture = read_mixture(args.valid_data_config, args.valid_data_path)
     else:
         mixture = read_mixture(args.data_config, args.data_path)
-    return build_pretraining_dataloader(mixture, packing_config(args, table), num_samples=num_samples,
+    return build_pretraining_dataloader(mixture, packing_config(args, pad_id, table), num_samples=num_samples,
                                         num_workers=args.num_workers, **placement)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_mio.model.presets import ModelPreset
-from megatron_mio.training import data as mio_data
 from megatron_mio.training.arguments import model_preset
 from megatron_mio.training.checkpointing import ResumePoint, padded_vocab_for_load
 
@@ -35,8 +34,7 @@ class RunDescription:
         return self.virtual_pipeline_parallel_size or 1
 
 
-def describe_run(args, resume: ResumePoint | None) -> RunDescription:
-    vocab_size = mio_data.tokenizer_vocab_size(args)
+def describe_run(args, vocab_size: int, resume: ResumePoint | None) -> RunDescription:
     return RunDescription(
         preset=model_preset(args),
         vocab_size=vocab_size,

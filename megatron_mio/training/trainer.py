@@ -171,11 +171,11 @@ class Trainer:
     """The loop over iterations of one run, on parts built by :func:`pretrain`."""
 
     def __init__(self, args, run: RunDescription, plat, model, optimizer, scheduler, checkpointer,
-                 forward_step_func, modality_table):
+                 forward_step_func, vocabulary: mio_data.Vocabulary):
         self.args, self.run, self.plat = args, run, plat
         self.model, self.optimizer, self.scheduler, self.checkpointer = model, optimizer, scheduler, checkpointer
         self.forward = forward_step_func
-        self.modality_table = modality_table
+        self.vocabulary = vocabulary
         self.schedule = get_forward_backward_func()
         self.dp_group = parallel_state.get_data_parallel_group(with_context_parallel=True)
         self.state = TrainState()
@@ -269,7 +269,7 @@ class Trainer:
 
     def evaluate(self) -> float | None:
         """Per-token loss over ``--eval-iters`` validation batches (the same batches every time)."""
-        iterators = mio_data.valid_iterators(self.args, self.run.vocab_size, self.modality_table, len(self.model))
+        iterators = mio_data.valid_iterators(self.args, self.vocabulary, len(self.model))
         for chunk in self.model:
             chunk.eval()
         total = LossReport().total
@@ -313,8 +313,8 @@ class Trainer:
         return None
 
     def _train_iterator(self):
-        iterators = mio_data.train_iterators(self.args, self.run.vocab_size, self.modality_table,
-                                             self.state.consumed_samples, len(self.model))
+        iterators = mio_data.train_iterators(self.args, self.vocabulary, self.state.consumed_samples,
+                                             len(self.model))
         self.counter = iterators[0] = CountingIterator(iterators[0])
         return iterators if len(self.model) > 1 else iterators[0]
 
@@ -364,8 +364,8 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     plat = initialize(args)
     if torch.distributed.get_rank() == 0:
         log.info(mio_platform.describe(plat, args.attention_backend))
-    run = describe_run(args, resume)
-    table = mio_data.modality_table(args, run.vocab_size)
+    vocabulary = mio_data.read_vocabulary(args)  # the tokenizer, read once
+    run = describe_run(args, vocabulary.size, resume)
 
     model = build_model(args, run, plat)
     optimizer = build_optimizer(args, model)
@@ -374,7 +374,7 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     forward = forward_step_func or partial(forward_step, attention_backend=args.attention_backend, device=plat.device)
     checkpointer = Checkpointer(args, run)
     try:
-        trainer = Trainer(args, run, plat, model, optimizer, scheduler, checkpointer, forward, table)
+        trainer = Trainer(args, run, plat, model, optimizer, scheduler, checkpointer, forward, vocabulary)
         if resume:
             trainer.resume(resume)
         return trainer.fit()
