@@ -1,4 +1,4 @@
-"""Memory per GPU of a MIO training layout, and the layouts that fit (``tools/plan_parallelism.py``).
+"""Memory per GPU of a MIO training layout (``megatron_mio.planner``, ``plan_parallelism``).
 
 The estimate is an itemised count of what megatron-core keeps in memory on the busiest rank:
 
