@@ -122,6 +122,7 @@ def main() -> int:
     from tests.distributed import run_torchrun
 
     ok = True
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for vp in (None, args.vp) if args.vp else (None,):
         with tempfile.TemporaryDirectory() as out:
             began = time.time()
@@ -142,6 +143,7 @@ def main() -> int:
             ok &= within
             print(f"| {m} | {measured[m]:.3f} | {ratio_measured:.3f} | {ratio_predicted:.3f} | {m / base:.3f} | "
                   f"{ratio_predicted / ratio_measured:.3f}{'' if within else ' (outside tolerance)'} |")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     print(f"{'PASS' if ok else 'FAIL'}: every predicted ratio within {args.tolerance:.0%} of the measured one")
     return 0 if ok else 1
 

@@ -254,41 +254,48 @@ def calibration_dict(cal) -> dict:
 def table(evaluations, job) -> list[str]:
     from megatron_mio.planner.memory import GIB
 
-    lines = [f"{'layout':<34}{'micro-batches':>14}{'memory GiB':>11}{'bubble':>7}{'step s':>8}"
-             f"{'tokens/s/GPU':>13}{'TFLOP/s/GPU':>12}"]
+    titles = (f"{'layout':<34}{'micro-batches':>14}{'memory GiB':>11}{'bubble':>7}{'step s':>8}"
+              f"{'tokens/s/GPU':>13}{'TFLOP/s/GPU':>12}")
+    lines = [titles]
     for e in evaluations:
         if e.step is None:
             lines.append(f"{name_of(e.layout):<34}  {e.problem}")
             continue
         s = e.step
         lines.append(f"{name_of(e.layout):<34}{s.microbatches:>14}{e.memory.total / GIB:>11.1f}"
-                     f"{s.bubble_fraction:>7.0%}{s.total:>8.2f}{s.tokens_per_second_per_gpu():>13,.0f}"
-                     f"{s.model_tflops_per_gpu():>12.0f}" + ("" if e.fits else f"  does not fit"))
+                     f"{s.bubble_fraction:>7.0%}{s.total:>8.3g}{s.tokens_per_second_per_gpu():>13,.0f}"
+                     f"{s.model_tflops_per_gpu():>12.3g}" + ("" if e.fits else "  does not fit"))
     return lines
+
+
+def parameters_text(count: int) -> str:
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
 
 
 def header(args, job, constants) -> list[str]:
     from megatron_mio.planner.memory import total_parameters
 
     nodes = -(-job.gpus // job.gpus_per_node)
-    return [
-        f"{args.model_preset}: {total_parameters(job.preset, job.vocab_size) / 1e9:.2f}B parameters "
-        f"(vocab {job.vocab_size:,}), {job.gpus} GPUs ({nodes} node{'s' if nodes > 1 else ''} x "
-        f"{min(job.gpus, job.gpus_per_node)}) x {job.gpu_memory_gib:g} GiB ({job.overhead_gib:g} reserved), "
-        f"seq {job.seq_length}, micro-batch {job.micro_batch}, global batch {job.global_batch}, "
-        f"{args.precision}, {args.attention} attention, {job.documents_per_pack:.3g} document{'s' if job.documents_per_pack != 1 else ''} per pack",
-        f"step-time model: {constants.achieved_tflops:.4g} TFLOP/s/GPU achieved, {constants.intra_node_gbps:.4g} GB/s "
-        f"in a node, {constants.inter_node_gbps:.4g} GB/s across nodes, TP overlap {constants.tp_overlap:.0%}, "
-        f"DP overlap {constants.dp_overlap:.0%}, {constants.step_overhead_ms:.4g} ms overhead per step",
-    ]
+    documents = f"{job.documents_per_pack:.3g} document{'s' if job.documents_per_pack != 1 else ''} per pack"
+    shape = (f"{args.model_preset}: {parameters_text(total_parameters(job.preset, job.vocab_size))} parameters "
+             f"(vocab {job.vocab_size:,}), {job.gpus} GPUs ({nodes} node{'s' if nodes > 1 else ''} x "
+             f"{min(job.gpus, job.gpus_per_node)}) x {job.gpu_memory_gib:g} GiB ({job.overhead_gib:g} reserved), "
+             f"seq {job.seq_length}, micro-batch {job.micro_batch}, global batch {job.global_batch}, "
+             f"{args.precision}, {args.attention} attention, {documents}")
+    model = (f"step-time model: {constants.achieved_tflops:.4g} TFLOP/s/GPU achieved, "
+             f"{constants.intra_node_gbps:.4g} GB/s in a node, {constants.inter_node_gbps:.4g} GB/s across nodes, "
+             f"TP overlap {constants.tp_overlap:.0%}, DP overlap {constants.dp_overlap:.0%}, "
+             f"{constants.step_overhead_ms:.4g} ms overhead per step")
+    return [shape, model]
 
 
 def calibration_lines(cal) -> list[str]:
     split = ", ".join(f"{k} {v:.1f} ms" for k, v in cal.run.split_ms.items()) or "no time split in the records"
-    return [f"calibrated on {cal.run.records} records of a {name_of(cal.run.layout)} run ({split}): "
+    line = (f"calibrated on {cal.run.records} records of a {name_of(cal.run.layout)} run ({split}): "
             f"measured {cal.run.step_ms:.1f} ms per step, predicted {cal.before.total * 1000:.1f} ms "
             f"before and {cal.after.total * 1000:.1f} ms after; the data makes "
-            f"{cal.documents_per_pack:.2f} documents per pack"]
+            f"{cal.documents_per_pack:.2f} documents per pack")
+    return [line]
 
 
 def report_one(args, job, constants, layout) -> int:

@@ -17,7 +17,7 @@ _EXPORTS = {
     "padded_vocab_size": "megatron_mio.model.presets",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):

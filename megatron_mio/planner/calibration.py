@@ -27,7 +27,13 @@ from pathlib import Path
 from megatron_mio.model import flops
 from megatron_mio.planner.memory import Layout
 from megatron_mio.planner.recommend import Job
-from megatron_mio.planner.step_time import ClusterConstants, StepTime, dp_comm_seconds, dp_gbps, predict
+from megatron_mio.planner.step_time import (
+    ClusterConstants,
+    StepTime,
+    dp_comm_seconds,
+    dp_gbps,
+    predict,
+)
 
 # The trainer's time split of a step, milliseconds per iteration, as --metrics-file names them.
 # Each is optional: a calibration uses the ones present.
@@ -165,7 +171,7 @@ def calibrate(job: Job, run: MeasuredRun, constants: ClusterConstants) -> Calibr
             return step.compute + step.recompute + step.tp_comm + step.bubble
         return step.total
 
-    target = (split["forward_backward"] if "forward_backward" in split else run.step_ms) / 1000.0
+    target = split.get("forward_backward", run.step_ms) / 1000.0
     constants = replace(constants, achieved_tflops=solve_increasing(target, predicted_seconds))
     if "grad_reduce" in split:
         step = predict(work, run.layout, constants)

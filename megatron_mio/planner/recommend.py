@@ -13,7 +13,13 @@ from dataclasses import dataclass, replace
 
 from megatron_mio.model.presets import ModelPreset, padded_vocab_size
 from megatron_mio.planner.memory import (
-    GIB, GPU_KERNELS, Kernels, Layout, MemoryEstimate, Precision, divisors, estimate,
+    GIB,
+    GPU_KERNELS,
+    Kernels,
+    Layout,
+    MemoryEstimate,
+    Precision,
+    estimate,
 )
 from megatron_mio.planner.step_time import ClusterConstants, StepTime, Workload, predict
 
@@ -96,6 +102,10 @@ def evaluate(job: Job, layout: Layout, constants: ClusterConstants) -> Evaluatio
                           f"memory: needs {memory.total / GIB:.1f} GiB of the "
                           f"{job.gpu_memory_gib - job.overhead_gib:g} GiB left after the reserve")
     return Evaluation(layout, memory, step, True, None)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def candidate_layouts(job: Job) -> list[Layout]:
