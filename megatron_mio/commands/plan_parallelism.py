@@ -126,6 +126,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.global_batch_size and args.global_batch_size % args.micro_batch_size:
         raise UsageError(f"--global-batch-size {args.global_batch_size} is not a multiple of "
                          f"--micro-batch-size {args.micro_batch_size}")
+    if args.gpus > args.gpus_per_node and args.gpus % args.gpus_per_node:
+        raise UsageError(f"--gpus {args.gpus} is not a whole number of nodes of --gpus-per-node {args.gpus_per_node}")
     if args.vp and args.num_layers_per_virtual_pipeline_stage:
         raise UsageError("give --vp or --num-layers-per-virtual-pipeline-stage, not both")
 
