@@ -29,8 +29,10 @@ MICROBATCHES = (2, 4, 8)
 PP = 2
 
 
-def worker(out_dir: str, preset_name: str, seq: int, vocab: int, repeats: int, vp: int | None) -> None:
-    """One rank: build the stage(s), time the schedule, rank 0 writes the medians."""
+def worker(out_dir: str, preset_name: str, seq: int, vocab: int, repeats: int, vp: int | None, nice: int) -> None:
+    """One rank: build the stage(s), time the schedule, rank 0 writes each m's fastest step."""
+    if nice:
+        os.nice(nice)  # negative: needs root or CAP_SYS_NICE
     import torch
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -111,11 +113,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--vp", type=int, default=None, help="also measure the interleaved schedule")
     parser.add_argument("--tolerance", type=float, default=0.10, help="relative, on each ratio")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="scheduling priority change for the two ranks; on a shared machine -10 "
+                             "keeps them running at once, which a pipeline needs (negative: root only)")
     parser.add_argument("--worker", nargs=2, metavar=("OUT_DIR", "VP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         vp = int(args.worker[1]) or None
-        worker(args.worker[0], args.preset, args.seq_length, args.vocab_size, args.repeats, vp)
+        worker(args.worker[0], args.preset, args.seq_length, args.vocab_size, args.repeats, vp, args.nice)
         return 0
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -128,7 +133,7 @@ def main() -> int:
             began = time.time()
             run_torchrun(Path(__file__).resolve(), 2,
                          ["--preset", args.preset, "--seq-length", args.seq_length, "--vocab-size", args.vocab_size,
-                          "--repeats", args.repeats, "--worker", out, vp or 0], timeout=1800)
+                          "--repeats", args.repeats, "--nice", args.nice, "--worker", out, vp or 0], timeout=1800)
             measured = {int(k): v for k, v in json.loads(Path(out, f"times_vp{vp or 1}.json").read_text()).items()}
         predicted = {m: predicted_seconds(args.preset, args.seq_length, args.vocab_size, m, vp) for m in MICROBATCHES}
         base = MICROBATCHES[0]
