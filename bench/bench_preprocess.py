@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from megatron_mio.data import schema as S
+from megatron_mio.data import sample_types as ST
 from megatron_mio.data import synthetic
 from megatron_mio.data import templates as T
 from megatron_mio.data.preprocess import PreprocessConfig, preprocess
@@ -63,17 +63,17 @@ def compare_paths(mix, tokenizer: MIOTokenizer, auto) -> list[dict]:
     renderer = T.TemplateRenderer(tokenizer, "2")
     rows = []
     for name, samples in mix.items():
-        parsed = [S.parse_sample(s) for s in samples]
-        docs = [renderer.render(p, np.random.default_rng(i)) for i, p in enumerate(parsed)]
+        parsed = [ST.parse_sample(s) for s in samples]
+        docs = [ST.render(renderer, p, np.random.default_rng(i)) for i, p in enumerate(parsed)]
         strings = [T.format_document(d, tokenizer) for d in docs]
-        direct = [T.render_sample(renderer, p, np.random.default_rng(i))[0]
+        direct = [ST.render_sample(renderer, p, np.random.default_rng(i))[0]
                   for i, p in enumerate(parsed)]
         assert all(auto(s)["input_ids"] == d.tolist() for s, d in zip(strings, direct)), name
         n_tokens = sum(d.size for d in direct)
 
         def run_direct():
             for i, p in enumerate(parsed):
-                T.render_sample(renderer, p, np.random.default_rng(i))
+                ST.render_sample(renderer, p, np.random.default_rng(i))
 
         def run_format():
             for d in docs:

@@ -6,7 +6,6 @@ filter, glob prefixes in mixtures and pack_stats' coverage warning."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_mio.data import schema as S
 from megatron_mio.data import synthetic
 from megatron_mio.data import templates as T
 from megatron_mio.data.indexed import open_dataset
 from megatron_mio.data.preprocess import (
-    PreprocessConfig, PreprocessError, merge_preprocessed, preprocess, shard_output_prefix,
+    PreprocessConfig,
+    PreprocessError,
+    merge_preprocessed,
+    preprocess,
+    shard_output_prefix,
 )
-from megatron_mio.data.splitting import render_units, split_sample
+from megatron_mio.data.sample_types import parse_sample, render_units
+from megatron_mio.data.splitting import split_sample
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = (".bin", ".idx", ".loss_mask.bin", ".loss_mask.idx", ".modality_counts.npy",
@@ -60,7 +63,7 @@ def test_round_trip_through_megatron_reader(mio_tokenizer, mio_tokenizer_dir, co
     expected_docs, dropped_tokens = [], 0
     for line_number, line in enumerate(lines, start=1):
         rng = np.random.default_rng([11, 0, line_number])
-        pieces, dropped = split_sample(render_units(renderer, S.parse_sample(json.loads(line)),
+        pieces, dropped = split_sample(render_units(renderer, parse_sample(json.loads(line)),
                                                     rng), 2800)
         expected_docs += pieces
         dropped_tokens += sum(d.tokens for d in dropped)

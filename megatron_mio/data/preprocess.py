@@ -30,7 +30,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from megatron_mio.data import schema as S
-from megatron_mio.data.splitting import render_units, split_sample
+from megatron_mio.data.sample_types import parse_sample, render_units, speech_parts
+from megatron_mio.data.splitting import split_sample
 from megatron_mio.data.templates import STAGES, TemplateRenderer
 from megatron_mio.tokenizer import vocab as V
 from megatron_mio.tokenizer.mio_tokenizer import MIOTokenizer
@@ -180,15 +181,6 @@ def _init_worker(config: PreprocessConfig) -> None:
                   max_speech_codes=int(config.max_speech_seconds * V.SPEECH_CODES_PER_SECOND))
 
 
-def _speech_parts(sample: S.Sample) -> Iterator[S.Speech]:
-    if isinstance(sample, S.SpeechTextPair):
-        yield sample.speech
-    parts = sample.parts if isinstance(sample, S.Interleaved) else []
-    if isinstance(sample, S.Chat):
-        parts = [p for m in sample.messages for p in m.parts]
-    yield from (value for kind, value in parts if kind == "speech")
-
-
 def _process_line(file_index: int, line_number: int, raw: bytes) -> tuple:
     """One line -> ("error", field, message) | ("filtered", type, reason, tokens) |
     ("ok", type, pieces, dropped)."""
@@ -202,12 +194,12 @@ def _process_line(file_index: int, line_number: int, raw: bytes) -> tuple:
         return "error", "line", f"malformed JSON: {error.msg} (column {error.colno})"
     config = _STATE["config"]
     try:
-        sample = S.parse_sample(obj)
+        sample = parse_sample(obj)
         rng = np.random.default_rng([config.seed, file_index, line_number])
         rendered = render_units(_STATE["renderer"], sample, rng, config.append_eod)
     except S.SampleError as error:
         return "error", error.field, error.message
-    longest = max((s.content.size for s in _speech_parts(sample)), default=0)
+    longest = max((s.content.size for s in speech_parts(sample)), default=0)
     if longest > _STATE["max_speech_codes"]:
         tokens = sum(u.tokens.size for u in rendered.units)
         tokens += rendered.header.tokens.size if rendered.header else 0
