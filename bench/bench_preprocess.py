@@ -19,6 +19,7 @@ pieces); Yi's 64,000-piece model makes text encoding a little slower on both pat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -107,13 +108,15 @@ def compare_workers(samples: list[dict], tokenizer_dir: str, workdir: str) -> li
         prefix = os.path.join(workdir, f"w{workers}")
         config = PreprocessConfig(inputs=[data], output_prefix=prefix, tokenizer=tokenizer_dir,
                                   stage="2", workers=workers, progress=False)
-        report = preprocess(config)  # includes starting the worker processes
-        main = sum(report["main_seconds"].values())
+        result = preprocess(config)  # includes starting the worker processes
+        report = result.report.to_json()
+        main_seconds = dataclasses.asdict(result.main_seconds)
+        main = sum(main_seconds.values())
         rows.append({"workers": workers, "samples": len(samples),
                      "documents": report["documents_written"],
-                     "tokens": report["tokens"]["total"], "seconds": report["seconds"],
-                     "tok_s": report["tokens"]["total"] / report["seconds"],
-                     "main_seconds": report["main_seconds"],
+                     "tokens": report["tokens"]["total"], "seconds": result.seconds,
+                     "tok_s": report["tokens"]["total"] / result.seconds,
+                     "main_seconds": main_seconds,
                      "main_us_per_document": 1e6 * main / report["documents_written"]})
         outputs.append({s: open(prefix + s, "rb").read() for s in (".bin", ".idx", ".loss_mask.bin",
                                                                   ".loss_mask.idx")})

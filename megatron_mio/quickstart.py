@@ -62,12 +62,12 @@ def prepare(workdir: Path, scale: int = 2) -> dict[str, Path]:
     prefixes = {}
     for name, source, stage in (("pretrain", corpus["pretrain"], "2"), ("sft", corpus["sft"], "sft")):
         prefix = paths["data"] / name
-        report = preprocess(PreprocessConfig(inputs=[str(source)], output_prefix=str(prefix),
+        result = preprocess(PreprocessConfig(inputs=[str(source)], output_prefix=str(prefix),
                                              tokenizer=str(paths["tokenizer"]), stage=stage,
                                              seq_length=SEQ_LENGTH, progress=False))
         prefixes[name] = prefix
         print(f"preprocessed {source} -> {prefix}.bin/.idx (+ loss masks): "
-              f"{json.dumps({k: v for k, v in report.items() if isinstance(v, int)})}")
+              f"{json.dumps({k: v for k, v in result.report.to_json().items() if isinstance(v, int)})}")
     # Pre-training documents of every type, plus chats (trained on assistant turns only).
     mixture = (
         "description: MIO quickstart (synthetic samples of every data type)\n"

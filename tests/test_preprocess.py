@@ -38,8 +38,10 @@ def corpus(tmp_path_factory):
 
 
 def run(tokenizer_dir, inputs, prefix, stage, **kwargs):
+    """The run's report, as written to ``P.report.json``."""
     return preprocess(PreprocessConfig(inputs=[str(p) for p in inputs], output_prefix=str(prefix),
-                                       tokenizer=tokenizer_dir, stage=stage, **kwargs))
+                                       tokenizer=tokenizer_dir, stage=stage,
+                                       **kwargs)).report.to_json()
 
 
 def files_of(prefix) -> dict[str, bytes]:
@@ -119,7 +121,7 @@ def test_shards_merged_are_byte_identical_to_one_run(mio_tokenizer_dir, corpus, 
         assert report["output_prefix"] == prefixes[-1] and Path(prefixes[-1] + ".idx").exists()
     sizes = [len(open_dataset(p)[0]) for p in prefixes]
     assert sum(sizes) == len(open_dataset(str(single))[0]) and min(sizes) > 0
-    merged = merge_preprocessed(prefixes, str(tmp_path / "merged"))
+    merged = merge_preprocessed(prefixes, str(tmp_path / "merged")).to_json()
     a, b = files_of(single), files_of(tmp_path / "merged")
     report_single = json.loads(a.pop(".report.json"))
     b.pop(".report.json")

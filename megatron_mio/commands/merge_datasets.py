@@ -35,8 +35,8 @@ def main(argv=None) -> int:
     except (DataFileError, OSError, ValueError) as error:
         print(f"merge_datasets: error: {error}", file=sys.stderr)
         return 1
-    print(f"{len(prefixes)} datasets -> {args.output_prefix}: {report['documents_written']} "
-          f"documents, {report['tokens']['total']} tokens")
+    print(f"{len(prefixes)} datasets -> {args.output_prefix}: {report.body.documents_written} "
+          f"documents, {report.body.tokens.total} tokens")
     return 0
 
 

@@ -18,7 +18,7 @@ from megatron_mio import platform  # noqa: E402
 platform.quiet_import_warnings()  # before megatron-core is imported
 
 from megatron_mio.data.preprocess import (  # noqa: E402
-    PreprocessConfig, PreprocessError, drop_warnings, preprocess,
+    PreprocessConfig, PreprocessError, preprocess,
 )
 
 
@@ -65,18 +65,19 @@ def main(argv=None) -> int:
         max_speech_seconds=args.max_speech_seconds, num_shards=args.num_shards,
         shard_index=args.shard_index)
     try:
-        report = preprocess(config)
+        result = preprocess(config)
     except (PreprocessError, OSError, ValueError) as error:
         print(f"preprocess_data: error: {error}", file=sys.stderr)
         return 1
-    tokens = report["tokens"]
-    print(f"{report['documents_written']} documents, {tokens['total']} tokens (text "
+    report, body = result.report, result.report.body
+    tokens = body.tokens.by_modality
+    print(f"{body.documents_written} documents, {body.tokens.total} tokens (text "
           f"{tokens['text']}, image {tokens['image']}, speech {tokens['speech']}); split "
-          f"{report['split']['documents']} into {report['split']['pieces']} pieces; skipped "
-          f"{report['skipped']['count']}, filtered {report['filtered']['count']}; coverage "
-          f"{100 * report['coverage']:.2f}%; {report['seconds']:.1f} s -> "
-          f"{report['output_prefix']}.report.json")
-    for line in drop_warnings(report):
+          f"{body.split.documents} into {body.split.pieces} pieces; skipped "
+          f"{body.skipped.count}, filtered {body.filtered.count}; coverage "
+          f"{100 * report.coverage:.2f}%; {result.seconds:.1f} s -> "
+          f"{report.output_prefix}.report.json")
+    for line in report.warnings():
         print(f"preprocess_data: warning: {line}", file=sys.stderr)
     return 0
 
