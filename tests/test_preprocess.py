@@ -347,6 +347,6 @@ def test_merge_datasets_tool(mio_tokenizer_dir, corpus, tmp_path):
     assert a == b
     result = subprocess.run(tool + ["--input", str(tmp_path / "nothing-*"), "--output-prefix",
                                     str(tmp_path / "m2")], capture_output=True, text=True)
-    assert result.returncode == 1 and "'" + str(tmp_path / "nothing-*") + "' matches no dataset" \
+    assert result.returncode == 2 and "'" + str(tmp_path / "nothing-*") + "' matches no dataset" \
         in result.stderr
     assert leftovers(tmp_path, "m2") == []

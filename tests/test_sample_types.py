@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from megatron_mio.data import sample_types as ST
-from megatron_mio.data import schema as S
 from megatron_mio.data import synthetic
 from megatron_mio.data.templates import TemplateRenderer
 

@@ -27,6 +27,7 @@ import dataclasses
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 
 from megatron_mio.data.input_ranges import (
@@ -52,8 +53,12 @@ from megatron_mio.data.preprocess_report import (
 from megatron_mio.data.progress import Progress
 from megatron_mio.data.templates import STAGES
 
-__all__ = ["PreprocessConfig", "PreprocessError", "PreprocessResult", "merge_preprocessed",
-           "preprocess", "shard_output_prefix"]
+__all__ = ["EmptyInputError", "PreprocessConfig", "PreprocessError", "PreprocessResult",
+           "merge_preprocessed", "preprocess", "shard_output_prefix"]
+
+
+class EmptyInputError(ValueError):
+    """The input holds no sample (empty files, blank lines only): nothing is written."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +76,8 @@ class PreprocessConfig:
     num_shards: int = 1
     shard_index: int = 0
     task_bytes: int = 0  # input bytes per worker task; 0: chosen from the input size
-    progress: bool | None = None  # None: shown when stderr is a terminal (a bar) or a log (lines)
+    progress: bool | None = None  # None: a bar on a terminal only; True: else lines in the log
+    progress_interval: float = 30.0  # seconds between progress lines in a log
 
     def line_rules(self) -> LineRules:
         return LineRules(self.tokenizer, self.stage, self.seed, self.seq_length, self.append_eod,
@@ -128,7 +134,8 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
     output_prefix = shard_output_prefix(config.output_prefix, config.shard_index,
                                         config.num_shards)
     ranges = shard_ranges(config.inputs, config.num_shards, config.shard_index)
-    progress = Progress("preprocess", sum(r.size for r in ranges), enabled=config.progress)
+    progress = Progress("preprocess", sum(r.size for r in ranges), enabled=config.progress,
+                        interval=config.progress_interval)
     with prefix_lock(output_prefix):
         # megatron-core (and torch with it) is imported before the workers fork, so they share it.
         from megatron_mio.data.indexed import AtomicDatasetWriter
@@ -139,6 +146,10 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
                     body, seconds = _in_this_process(config, ranges, writer, progress)
                 else:
                     body, seconds = _in_workers(config, ranges, writer, progress)
+                if body.samples_read == 0 and config.num_shards == 1:
+                    raise EmptyInputError(
+                        f"--input {' '.join(config.inputs)}: no samples (empty, or blank lines "
+                        "only): nothing written")
                 began = time.perf_counter()
                 report = PreprocessReport(config.report_settings(), output_prefix,
                                           {"index": config.shard_index,
@@ -165,6 +176,9 @@ _worker_processor: LineProcessor | None = None
 
 def _init_worker(rules: LineRules) -> None:
     global _worker_processor
+    # Ctrl-C reaches the whole process group: the main process stops the pool and cleans up;
+    # the workers must not each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_processor = LineProcessor(rules)
 
 

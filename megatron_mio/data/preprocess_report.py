@@ -259,6 +259,8 @@ class PreprocessReport:
                  f"{reason}"
                  for reason, by_type in sorted(self.body.dropped.by_reason.items())
                  for sample_type, totals in sorted(by_type.items())]
+        if self.body.samples_read == 0:
+            lines.append("no samples in this shard's part of the input")
         if self.coverage < COVERAGE_WARNING:
             lines.append(f"only {100 * self.coverage:.1f}% of the corpus' tokens were written")
         return lines + self.notes()
