@@ -122,7 +122,7 @@ class LineProcessor:
         return KeptSample(sample_type, pieces, dropped)
 
 
-# Called with (lines, input bytes, tokens written) since the last call.
+# Called with (samples, input bytes, tokens written) since the last call.
 ProgressCallback = Callable[[int, int, int], None]
 
 
@@ -138,17 +138,17 @@ class RangeWriter:
     def write(self, ranges: list[LineRange], progress: ProgressCallback | None = None) -> int:
         """Render and write every line of ``ranges``; returns the number of lines read."""
         lines = 0
-        pending = [0, 0, 0]  # lines, bytes, tokens not yet reported
+        samples, bytes_read, tokens = self.body.samples_read, 0, 0  # reported so far
         for r in ranges:
             for line, raw in read_lines(self.inputs[r.file_index], r):
                 lines += 1
-                written = self._line(r.file_index, line, raw)
-                pending = [pending[0] + 1, pending[1] + len(raw), pending[2] + written]
-                if progress is not None and pending[0] >= PROGRESS_EVERY_LINES:
-                    progress(*pending)
-                    pending = [0, 0, 0]
-        if progress is not None and pending[0]:
-            progress(*pending)
+                bytes_read += len(raw)
+                tokens += self._line(r.file_index, line, raw)
+                if progress is not None and lines % PROGRESS_EVERY_LINES == 0:
+                    progress(self.body.samples_read - samples, bytes_read, tokens)
+                    samples, bytes_read, tokens = self.body.samples_read, 0, 0
+        if progress is not None and bytes_read:
+            progress(self.body.samples_read - samples, bytes_read, tokens)
         return lines
 
     def _line(self, file_index: int, line: int, raw: bytes) -> int:

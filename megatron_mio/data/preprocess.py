@@ -134,12 +134,12 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
     output_prefix = shard_output_prefix(config.output_prefix, config.shard_index,
                                         config.num_shards)
     ranges = shard_ranges(config.inputs, config.num_shards, config.shard_index)
-    progress = Progress("preprocess", sum(r.size for r in ranges), enabled=config.progress,
-                        interval=config.progress_interval)
     with prefix_lock(output_prefix):
         # megatron-core (and torch with it) is imported before the workers fork, so they share it.
         from megatron_mio.data.indexed import AtomicDatasetWriter
 
+        progress = Progress("preprocess", sum(r.size for r in ranges), enabled=config.progress,
+                            interval=config.progress_interval)
         try:
             with AtomicDatasetWriter(output_prefix) as writer:
                 if config.workers == 1:
