@@ -46,6 +46,7 @@ def _layout(spec: str, dp: int) -> tuple[mp.Layout, mp.Precision]:
     return layout, mp.PRECISIONS[precision]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("spec", SPECS)
 def test_estimate_matches_what_megatron_core_allocates(measured, spec):
     preset = get_preset("tiny")
