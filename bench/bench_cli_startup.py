@@ -1,6 +1,6 @@
 """How long every command line takes to answer ``--help``: this tree against a baseline tree.
 
-    .venv/bin/python bench/bench_cli_startup.py [--baseline DIR] [--repeats 5] [--markdown]
+    .venv/bin/python bench/bench_cli_startup.py [--baseline DIR] [--repeats 5] [--only TOOL ...]
 
 Runs ``python tools/<tool>.py --help`` for every tool, ``python -m megatron_mio.pretrain --help``
 and ``python -m megatron_mio.checkpoint --help``, each in a fresh interpreter with the tree first
@@ -43,10 +43,10 @@ def time_once(tree: Path, arguments: list[str]) -> float:
     return elapsed
 
 
-def measure(trees: dict[str, Path], repeats: int) -> dict[str, dict[str, float]]:
+def measure(trees: dict[str, Path], repeats: int, only: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Median seconds per (tree label, tool); the trees' runs alternate."""
     per_tree = {label: commands(tree) for label, tree in trees.items()}
-    tools = sorted(set().union(*per_tree.values()))
+    tools = sorted(set().union(*per_tree.values()) & set(only or set().union(*per_tree.values())))
     medians: dict[str, dict[str, float]] = {label: {} for label in trees}
     for tool in tools:
         samples: dict[str, list[float]] = {label: [] for label in trees}
@@ -67,12 +67,12 @@ def table(medians: dict[str, dict[str, float]]) -> str:
     tools = sorted(set().union(*(m.keys() for m in medians.values())))
     header = "| tool | " + " | ".join(f"{label} `--help`" for label in labels)
     if len(labels) == 2:
-        header += " | ratio"
+        header += " | baseline / this tree"
     lines = [header + " |", "|" + " --- |" * (header.count("|"))]
     for tool in tools:
         row = [f"{medians[label][tool]:.2f} s" if tool in medians[label] else "-" for label in labels]
         if len(labels) == 2 and all(tool in medians[label] for label in labels):
-            row.append(f"{medians[labels[0]][tool] / medians[labels[1]][tool]:.1f}x faster")
+            row.append(f"{medians[labels[0]][tool] / medians[labels[1]][tool]:.1f}x")
         elif len(labels) == 2:
             row.append("-")
         lines.append(f"| {tool} | " + " | ".join(row) + " |")
@@ -83,11 +83,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout to compare with")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="+", default=None, help="these tools only (names as in the table)")
     args = parser.parse_args()
     trees = {"this tree": TREE}
     if args.baseline is not None:
         trees = {"baseline": args.baseline.resolve(), "this tree": TREE}
-    print(table(measure(trees, args.repeats)))
+    print(table(measure(trees, args.repeats, args.only)))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,19 @@ def version() -> str:
         return "0+unknown"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``; the installed version is looked up only when asked for (importlib.metadata
+    scans every installed distribution: too slow for each start)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show the megatron_mio version and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} (megatron_mio) {version()}")  # stdout, as argparse's own version action
+        parser.exit()
+
+
 class _OneLineErrors(argparse.ArgumentParser):
     """argparse whose mistakes are one ``prog: error: ...`` line; ``--help`` shows the usage."""
 
@@ -57,7 +70,7 @@ def make_parser(prog: str, doc: str | None, **kwargs) -> argparse.ArgumentParser
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
     kwargs.setdefault("allow_abbrev", False)  # a prefix of one flag must not silently become another
     parser = _OneLineErrors(prog=prog, description=doc, **kwargs)
-    parser.add_argument("--version", action="version", version=f"%(prog)s (megatron_mio) {version()}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show the libraries' warnings and log lines")
     return parser
