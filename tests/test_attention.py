@@ -256,6 +256,7 @@ def test_cu_seqlens_that_do_not_cover_the_pack_are_refused():
         attention_kwargs(torch.tensor([[0, 4, 8, -1]], dtype=torch.int32), 10, "torch")
 
 
+@pytest.mark.multiprocess
 def test_tensor_and_pipeline_parallel_logits_equal_single_rank(tmp_path):
     """TP=2 (heads split; GQA groups 2 -> 1 per rank, and 1 group split across ranks) for the torch
     and local backends, and PP=2 through megatron's pipeline schedule for the torch backend,

@@ -38,6 +38,8 @@ def _train(tmp_path, name, extra, nproc=2):
     return proc.stdout + proc.stderr, {r["iteration"]: r["loss"] for r in metrics(out / "m.jsonl") if "loss" in r}
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "local"])
 def test_gpu_configuration_trains_and_resumes_on_cpu(tmp_path, backend):
     """bf16 + distributed optimizer + every fusion that imports, DP=2; resume is exact."""
@@ -54,6 +56,8 @@ def test_gpu_configuration_trains_and_resumes_on_cpu(tmp_path, backend):
     assert resumed == {3: straight[3], 4: straight[4]}
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_dp_reshardable_optimizer_refuses_another_tp_with_the_way_out(tmp_path):
     """The default (cheap) optimizer format reloads at its TP/PP only, and says how to move."""
     from megatron.core import dist_checkpointing
@@ -71,6 +75,8 @@ def test_dp_reshardable_optimizer_refuses_another_tp_with_the_way_out(tmp_path):
     assert "--dist-ckpt-optim-fully-reshardable" in message and "--no-load-optim" in message
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_fully_reshardable_flag_reshards_tp2_to_tp1(tmp_path):
     base = [*GPU_LIKE[:-2], "--use-distributed-optimizer", "--no-bias-swiglu-fusion", "--no-bias-dropout-fusion"]
     save = tmp_path / "tp2"
@@ -86,6 +92,7 @@ def test_fully_reshardable_flag_reshards_tp2_to_tp1(tmp_path):
     assert "resumed from" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_a_failed_start_exits_promptly_with_its_message(tmp_path):
     """An exception after the checkpointer has started its helper process must not hang at exit."""
     base = [sys.executable, "-m", "megatron_mio.pretrain", *GPU_LIKE[:-2], "--no-bias-swiglu-fusion",
@@ -339,6 +346,7 @@ def test_device_rng_state_from_another_device_is_not_loaded(megatron_cpu_world, 
     assert "re-seeded, not restored" in caplog.text
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run():
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench/gpu_check.py"), "--dry-run"], cwd=REPO_ROOT,
                           env=cpu_env({"MIO_USE_CPU": "0"}), capture_output=True, text=True, timeout=900)

@@ -183,8 +183,13 @@ def build_mixture_dataset(mixture: Mixture, config: PackingConfig,
         members = [PackedDataset(prefix, config) for prefix in data_type.prefixes]
         total_packs = sum(len(ds) for ds in members)
         if total_packs == 0:
-            raise MixtureError(f"{mixture.source}: type {data_type.name!r} has no packs "
-                               f"(no document fits seq_length {config.seq_length})")
+            shortest = min((int(ds.lengths.min()) for ds in members if len(ds.lengths)), default=0)
+            raise MixtureError(
+                f"{mixture.source}: type {data_type.name!r} has no packs: none of its documents fits "
+                f"seq_length {config.seq_length}" + (
+                    f" (the shortest has {shortest} tokens); raise --seq-length to at least "
+                    f"{shortest}, or preprocess with --seq-length {config.seq_length} so that long "
+                    "samples are split" if shortest else " (it holds no documents)"))
         for ds in members:
             if len(ds):  # an empty member of a non-empty type just gets no share
                 datasets.append(ds)
