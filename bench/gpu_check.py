@@ -500,7 +500,7 @@ def main(argv=None) -> int:
         left = None if total is None else total - (time.time() - began)
         limit = limits[key] if left is None else min(limits[key], left)
         section_began = time.time()
-        if limit < 5:
+        if left is not None and left < 5:
             rows = [Row(key, f"section {key}", "FAIL", f"not run: the call's --total-limit of {total:.0f} s is spent")]
         else:
             command = [sys.executable, str(Path(__file__).resolve()), "--in-child", key] + (["--dry-run"] if args.dry_run else [])
