@@ -106,13 +106,25 @@ def build_project_wheel(config: WheelhouseConfig, into: Path) -> Path:
     return next(into.glob("megatron_mio-*.whl"))
 
 
+def platform_tags(platform: str) -> list[str]:
+    """``platform`` and the older glibc tags a node that runs it also runs (pip does not expand a
+    custom ``--platform`` itself): manylinux_2_28_x86_64 -> manylinux_2_28 .. 2_17, manylinux2014."""
+    head, _, rest = platform.partition("manylinux_2_")
+    minor, _, machine = rest.partition("_")
+    if head or not minor.isdigit():
+        return [platform]
+    tags = [f"manylinux_2_{m}_{machine}" for m in range(int(minor), 16, -1)]
+    return tags + [f"manylinux2014_{machine}"]
+
+
 def download_wheel(requirement: Requirement, config: WheelhouseConfig, into: Path) -> Path:
     """One wheel for the target's tags, without its dependencies."""
     before = set(into.glob("*.whl"))
     spec = f"{requirement.name}{requirement.specifier}"
     _run([config.python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-          "--platform", config.platform, "--python-version", config.python_version,
-          "--implementation", "cp", "-d", into, spec], f"downloading {spec} for cp{config.python_version}")
+          *(f"--platform={tag}" for tag in platform_tags(config.platform)), "--python-version",
+          config.python_version, "--implementation", "cp", "-d", into, spec],
+         f"downloading {spec} for Python {config.python_version} on {config.platform}")
     new = set(into.glob("*.whl")) - before
     if not new:  # already there (downloaded for another requirement)
         return next(w for w in into.glob("*.whl")
