@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,10 +100,24 @@ def check_builder(config: WheelhouseConfig) -> None:
             f"{config.python_version} interpreter with setuptools and pybind11 (e.g. .venv/bin/python)")
 
 
+# What the project's wheel is built from; copied, so that nothing stale in the checkout's build/
+# (a module deleted since the last build) ends up in the wheel, and nothing is written there.
+WHEEL_SOURCES = ("setup.py", "pyproject.toml", "csrc", "megatron_mio")
+
+
 def build_project_wheel(config: WheelhouseConfig, into: Path) -> Path:
     """This checkout as a wheel, its C++ extension compiled by ``config.python``."""
-    _run([config.python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", into,
-          config.source], "building the project's wheel (pip wheel --no-build-isolation)")
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "megatron_mio-source"
+        source.mkdir()
+        for name in WHEEL_SOURCES:
+            origin = config.source / name
+            if origin.is_dir():
+                shutil.copytree(origin, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+            else:
+                shutil.copy2(origin, source / name)
+        _run([config.python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", into,
+              source], "building the project's wheel (pip wheel --no-build-isolation)")
     return next(into.glob("megatron_mio-*.whl"))
 
 
