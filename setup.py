@@ -17,6 +17,7 @@ CONSOLE_SCRIPTS = {
     "mio-convert-to-hf": "megatron_mio.commands.convert_to_hf:main",
     "mio-compare-logits": "megatron_mio.commands.compare_logits:main",
     "mio-generate": "megatron_mio.commands.generate:main",
+    "mio-build-wheelhouse": "megatron_mio.commands.build_wheelhouse:main",
     "mio-checkpoint": "megatron_mio.checkpoint.__main__:main",
 }
 
