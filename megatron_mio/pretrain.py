@@ -13,12 +13,13 @@ from megatron_mio import platform
 
 def main(argv=None) -> int:
     platform.quiet_import_warnings()
+    from megatron_mio.checkpoint.discovery import CheckpointError
     from megatron_mio.training.arguments import ConfigError
     from megatron_mio.training.trainer import pretrain
 
     try:
         pretrain(argv)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         report_mistake(err)
         return 2
     return 0

@@ -17,10 +17,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_mio.checkpoint.layout import TRACKER, iteration_dir, read_tracker, write_tracker
+from megatron_mio.checkpoint.layout import (
+    TRACKER,
+    iteration_dir,
+    read_tracker,
+    write_tracker,
+)
 from tests.distributed import REPO_ROOT, cpu_env
 from tests.trainer_runs import (
-    DP2, ITERS, TINY, from_init, layout_run, metrics, session_root, straight_dp2, train,
+    DP2,
+    ITERS,
+    TINY,
+    from_init,
+    layout_run,
+    metrics,
+    session_root,
+    straight_dp2,
+    train,
 )
 
 RESHARD_RTOL = 2e-5
@@ -97,7 +110,7 @@ def test_reshard_to_tp1_pp1_next_loss_matches(runs_root, source):
     (1, 256, 384),             # fewer rows than the vocabulary: own padding
 ])
 def test_padded_vocab_for_load(tp, saved, expected):
-    from megatron_mio.training.checkpointing import padded_vocab_for_load
+    from megatron_mio.model.vocab_padding import padded_vocab_for_load
 
     layout = None if saved is None else {"padded_vocab_size": saved}
     assert padded_vocab_for_load(300, 128, tp, layout) == expected

@@ -20,7 +20,24 @@ import yaml
 
 from megatron_mio.model.attention import BACKENDS, available_backends, default_backend
 from megatron_mio.model.fusions import FUSION_FLAGS
-from megatron_mio.model.presets import PRESETS, VOCAB_SIZE_DIVISIBLE_BY, ModelPreset, get_preset
+from megatron_mio.model.model_config import ParallelLayout, Precision, Recompute
+from megatron_mio.model.presets import (
+    PRESETS,
+    VOCAB_SIZE_DIVISIBLE_BY,
+    ModelPreset,
+    get_preset,
+)
+from megatron_mio.training.config import (
+    BatchConfig,
+    CheckpointConfig,
+    DataConfig,
+    LoggingConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    StopConfig,
+    TrainingConfig,
+)
 
 # Every ModelPreset field has a flag of the same name that overrides the preset.
 MODEL_OVERRIDES = tuple(field.name for field in dataclasses.fields(ModelPreset))
@@ -228,92 +245,171 @@ def config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
     return defaults
 
 
-def parse_args(argv: list[str] | None = None, world_size: int | None = None) -> argparse.Namespace:
-    """Flags over ``--config`` over defaults, then the derived sizes (see :func:`finalize`)."""
+def parse_flags(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags over ``--config`` over defaults, as given (nothing derived)."""
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
     if first.config:
         if not os.path.exists(first.config):
             raise ConfigError(f"--config {first.config}: no such file")
         parser.set_defaults(**config_defaults(parser, first.config))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def parse_args(argv: list[str] | None = None, world_size: int | None = None) -> TrainingConfig:
+    """The run's per-component configs from the command line (see :func:`build_configs`)."""
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return finalize(args, world_size)
+    return build_configs(parse_flags(argv), world_size)
 
 
-def refused_fusions(args: argparse.Namespace) -> tuple[str, ...]:
-    """The fusions the ``--no-*-fusion`` flags turn off."""
-    return tuple(field for flag, field in FUSION_FLAGS.items() if getattr(args, "no_" + flag.replace("-", "_")))
+def build_configs(args: argparse.Namespace, world_size: int) -> TrainingConfig:
+    """The one translation of the flags into configs: checks combinations, derives sizes once."""
+    _check_ranges(args)
+    _check_sources(args)
+    layout, batch = _parallel_layout(args, world_size, _model_preset(args))
+    config = TrainingConfig(
+        model=_model_config(args), parallel=_parallel_config(args, layout), precision=_precision(args),
+        batch=batch, optim=_optim_config(args), checkpoint=_checkpoint_config(args), data=_data_config(args),
+        logging=LoggingConfig(args.log_interval, args.tensorboard_dir, args.metrics_file),
+        stop=StopConfig(args.train_iters, args.exit_interval, args.exit_duration_in_mins,
+                        args.exit_signal_handler, args.max_skipped_iterations_in_a_row),
+        seed=args.seed, use_cpu=args.use_cpu,
+    )
+    _check_paths(config.data, config.checkpoint)
+    return config
 
 
-def model_preset(args: argparse.Namespace) -> ModelPreset:
+def _model_preset(args: argparse.Namespace) -> ModelPreset:
     """--model-preset with every model flag that was given applied on top."""
     overrides = {field: getattr(args, field) for field in MODEL_OVERRIDES}
     return get_preset(args.model_preset).with_overrides(**overrides)
 
 
-def finalize(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
-    """Check combinations and derive sizes (data-parallel size, micro-batches, warmup)."""
-    args.world_size = world_size
-    _check_ranges(args)
-    if args.attention_backend is None:
-        args.attention_backend = default_backend()
-    if args.attention_backend not in available_backends():
-        raise ConfigError(f"--attention-backend {args.attention_backend} is not available here "
+def _model_config(args: argparse.Namespace) -> ModelConfig:
+    backend = args.attention_backend or default_backend()
+    if backend not in available_backends():
+        raise ConfigError(f"--attention-backend {backend} is not available here "
                           f"(available: {', '.join(available_backends())})")
-    model_parallel = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
-    if world_size % model_parallel:
+    preset = _model_preset(args)
+    if args.seq_length > preset.max_position_embeddings:
         raise ConfigError(
-            f"world size {world_size} is not divisible by tensor x pipeline parallel "
-            f"{args.tensor_model_parallel_size} x {args.pipeline_model_parallel_size}"
+            f"--seq-length {args.seq_length} is longer than the model's --max-position-embeddings "
+            f"{preset.max_position_embeddings} (preset {args.model_preset}): shorten --seq-length or raise "
+            f"--max-position-embeddings"
         )
-    args.data_parallel_size = world_size // model_parallel
-    per_step = args.micro_batch_size * args.data_parallel_size
-    if args.global_batch_size is None:
-        args.global_batch_size = per_step
-    if args.global_batch_size % per_step:
+    refused = tuple(field for flag, field in FUSION_FLAGS.items() if getattr(args, "no_" + flag.replace("-", "_")))
+    return ModelConfig(
+        preset=preset, attention_backend=backend, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+        refused_fusions=refused,
+        recompute=Recompute(args.recompute_granularity, args.recompute_method, args.recompute_num_layers),
+        use_cpu_initialization=args.use_cpu_initialization,
+    )
+
+
+def _parallel_layout(args: argparse.Namespace, world_size: int, preset: ModelPreset) -> tuple[ParallelLayout, BatchConfig]:
+    """Data-parallel size, micro-batches per iteration and virtual stages from the world size."""
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    if world_size % (tp * pp):
+        raise ConfigError(f"world size {world_size} is not divisible by tensor x pipeline parallel {tp} x {pp}")
+    data_parallel = world_size // (tp * pp)
+    per_step = args.micro_batch_size * data_parallel
+    global_batch = args.global_batch_size if args.global_batch_size is not None else per_step
+    if global_batch % per_step:
         raise ConfigError(
-            f"--global-batch-size {args.global_batch_size} is not a multiple of micro batch x "
-            f"data-parallel size = {args.micro_batch_size} x {args.data_parallel_size}"
+            f"--global-batch-size {global_batch} is not a multiple of micro batch x "
+            f"data-parallel size = {args.micro_batch_size} x {data_parallel}"
         )
-    args.num_microbatches = args.global_batch_size // per_step
-    if args.train_iters is None:
-        raise ConfigError("--train-iters is required (in the flags or the --config file)")
+    num_microbatches = global_batch // per_step
+    virtual = _virtual_stages(args, preset, num_microbatches)
+    layout = ParallelLayout(tp, pp, virtual, data_parallel, args.sequence_parallel)
+    return layout, BatchConfig(args.micro_batch_size, global_batch, num_microbatches, args.seq_length)
+
+
+def _virtual_stages(args: argparse.Namespace, preset: ModelPreset, num_microbatches: int) -> int | None:
+    per_virtual = args.num_layers_per_virtual_pipeline_stage
+    if per_virtual is None:
+        return None
+    pp = args.pipeline_model_parallel_size
+    per_stage = preset.num_layers // pp
+    if pp < 2 or preset.num_layers % pp or per_stage % per_virtual:
+        raise ConfigError(
+            f"--num-layers-per-virtual-pipeline-stage {per_virtual} needs --pipeline-model-parallel-size >= 2 "
+            f"and divide the {per_stage} layers per stage"
+        )
+    if num_microbatches % pp:
+        raise ConfigError(
+            f"the interleaved schedule needs the number of micro-batches ({num_microbatches}) "
+            f"to be a multiple of --pipeline-model-parallel-size {pp}"
+        )
+    return per_stage // per_virtual
+
+
+def _parallel_config(args: argparse.Namespace, layout: ParallelLayout) -> ParallelConfig:
+    return ParallelConfig(layout, args.use_distributed_optimizer, args.overlap_grad_reduce,
+                          args.overlap_param_gather, args.distributed_timeout_minutes)
+
+
+def _precision(args: argparse.Namespace) -> Precision:
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive")
-    if args.bf16:
-        # Megatron-LM's rule: bf16 gradients lose too much when summed over micro-batches and
-        # data-parallel ranks in bf16 (stage I sums 16 micro-batches over 128 ranks).
-        args.accumulate_allreduce_grads_in_fp32 = True
-    preset = model_preset(args)
-    args.virtual_pipeline_model_parallel_size = None
-    if args.num_layers_per_virtual_pipeline_stage is not None:
-        pp = args.pipeline_model_parallel_size
-        per_stage = preset.num_layers // pp
-        if pp < 2 or preset.num_layers % pp or per_stage % args.num_layers_per_virtual_pipeline_stage:
-            raise ConfigError(
-                f"--num-layers-per-virtual-pipeline-stage {args.num_layers_per_virtual_pipeline_stage} "
-                f"needs --pipeline-model-parallel-size >= 2 and divide the {per_stage} layers per stage"
-            )
-        args.virtual_pipeline_model_parallel_size = per_stage // args.num_layers_per_virtual_pipeline_stage
-        if args.num_microbatches % pp:
-            raise ConfigError(
-                f"the interleaved schedule needs the number of micro-batches ({args.num_microbatches}) "
-                f"to be a multiple of --pipeline-model-parallel-size {pp}"
-            )
-    if args.lr_decay_iters is None:
-        args.lr_decay_iters = args.train_iters
+    name = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    # Megatron-LM's rule: bf16 gradients lose too much when summed over micro-batches and
+    # data-parallel ranks in bf16 (stage I sums 16 micro-batches over 128 ranks).
+    grad_reduce_in_fp32 = args.accumulate_allreduce_grads_in_fp32 or args.bf16
+    return Precision(name, grad_reduce_in_fp32, args.loss_scale, args.initial_loss_scale, args.min_loss_scale)
+
+
+def _optim_config(args: argparse.Namespace) -> OptimConfig:
+    decay_iters = args.lr_decay_iters if args.lr_decay_iters is not None else args.train_iters
     if args.lr_warmup_fraction is not None:
-        args.lr_warmup_steps = int(args.lr_warmup_fraction * args.lr_decay_iters)
+        warmup_steps = int(args.lr_warmup_fraction * decay_iters)
     else:
-        args.lr_warmup_steps = args.lr_warmup_iters
-    if args.start_weight_decay is None:
-        args.start_weight_decay = args.weight_decay
-    if args.end_weight_decay is None:
-        args.end_weight_decay = args.weight_decay
+        warmup_steps = args.lr_warmup_iters
+    if decay_iters < 1:
+        raise ConfigError(f"--lr-decay-iters {decay_iters} is invalid: the schedule needs at least one "
+                          f"iteration (pass --lr-decay-iters with --train-iters 0)")
+    weight_decay = args.weight_decay
+    return OptimConfig(
+        lr=args.lr, min_lr=args.min_lr, weight_decay=weight_decay, adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, clip_grad=args.clip_grad,
+        lr_warmup_init=args.lr_warmup_init, lr_warmup_steps=warmup_steps, lr_decay_iters=decay_iters,
+        lr_decay_style=args.lr_decay_style,
+        start_weight_decay=weight_decay if args.start_weight_decay is None else args.start_weight_decay,
+        end_weight_decay=weight_decay if args.end_weight_decay is None else args.end_weight_decay,
+        weight_decay_incr_style=args.weight_decay_incr_style, weight_decay_incr_iters=args.train_iters,
+        override_opt_param_scheduler=args.override_opt_param_scheduler,
+    )
+
+
+def _checkpoint_config(args: argparse.Namespace) -> CheckpointConfig:
     if args.finetune and not args.load:
         raise ConfigError("--finetune needs --load (the checkpoint to take the weights from)")
+    if args.ckpt_step is not None and not args.load:
+        raise ConfigError("--ckpt-step needs --load (the directory that holds that iteration)")
+    return CheckpointConfig(
+        save=args.save, load=args.load, ckpt_step=args.ckpt_step, allow_missing_checkpoint=args.allow_missing_checkpoint,
+        save_interval=args.save_interval, finetune=args.finetune, load_optim=not args.no_load_optim,
+        load_rng=not args.no_load_rng, save_optim=not args.no_save_optim, save_rng=not args.no_save_rng,
+        async_save=args.async_save, fully_reshardable=args.dist_ckpt_optim_fully_reshardable,
+    )
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    def paths(value):
+        return tuple(value) if value else None
+
+    return DataConfig(
+        data_path=paths(args.data_path), data_config=args.data_config, mock_data=args.mock_data,
+        tokenizer_model=args.tokenizer_model, vocab_size=args.vocab_size,
+        valid_data_path=paths(args.valid_data_path), valid_data_config=args.valid_data_config,
+        eval_interval=args.eval_interval, eval_iters=args.eval_iters, num_workers=args.num_workers, seed=args.seed,
+    )
+
+
+def _check_sources(args: argparse.Namespace) -> None:
+    if args.train_iters is None:
+        raise ConfigError("--train-iters is required (in the flags or the --config file)")
     sources = [bool(args.data_path), bool(args.data_config), bool(args.mock_data)]
     if sum(sources) != 1:
         raise ConfigError("give exactly one data source: --data-path, --data-config or --mock-data")
@@ -321,14 +417,6 @@ def finalize(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ConfigError("--eval-interval with --eval-iters needs --valid-data-path or --valid-data-config")
     if args.tokenizer_model is None and args.vocab_size is None:
         raise ConfigError("give --tokenizer-model (the MIO tokenizer directory) or --vocab-size")
-    if args.seq_length > preset.max_position_embeddings:
-        raise ConfigError(
-            f"--seq-length {args.seq_length} is longer than the model's --max-position-embeddings "
-            f"{preset.max_position_embeddings} (preset {args.model_preset}): shorten --seq-length or raise "
-            f"--max-position-embeddings"
-        )
-    _check_paths(args)
-    return args
 
 
 # The smallest value each flag accepts.
@@ -357,16 +445,15 @@ def _check_ranges(args: argparse.Namespace) -> None:
             raise ConfigError(f"{_flag(dest)} {getattr(args, dest)} is invalid: it must be in [0, 1)")
 
 
-def _check_paths(args: argparse.Namespace) -> None:
+def _check_paths(data: DataConfig, checkpoint: CheckpointConfig) -> None:
     """Inputs that must exist, checked before any process group or model exists."""
-    if args.tokenizer_model:
-        _check_tokenizer(args.tokenizer_model)
-    if args.load and not os.path.isdir(args.load) and not (args.allow_missing_checkpoint and not args.finetune):
-        what = "the checkpoint to take the weights from for --finetune" if args.finetune else "a checkpoint directory"
-        hint = "" if args.finetune else "; pass --allow-missing-checkpoint to start from scratch when it does not exist yet"
-        raise ConfigError(f"--load {args.load}: no such directory (expected {what}){hint}")
-    if args.ckpt_step is not None and not args.load:
-        raise ConfigError("--ckpt-step needs --load (the directory that holds that iteration)")
+    if data.tokenizer_model:
+        _check_tokenizer(data.tokenizer_model)
+    load = checkpoint.load
+    if load and not os.path.isdir(load) and not (checkpoint.allow_missing_checkpoint and not checkpoint.finetune):
+        what = "the checkpoint to take the weights from for --finetune" if checkpoint.finetune else "a checkpoint directory"
+        hint = "" if checkpoint.finetune else "; pass --allow-missing-checkpoint to start from scratch when it does not exist yet"
+        raise ConfigError(f"--load {load}: no such directory (expected {what}){hint}")
 
 
 def _check_tokenizer(path: str) -> None:
