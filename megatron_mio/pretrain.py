@@ -15,6 +15,7 @@ def main(argv=None) -> int:
     platform.quiet_import_warnings()
     from megatron_mio.checkpoint.discovery import CheckpointError
     from megatron_mio.training.arguments import ConfigError
+    from megatron_mio.training.checkpointing import CheckpointWriteError
     from megatron_mio.training.trainer import pretrain
 
     try:
@@ -22,6 +23,9 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError) as err:
         report_mistake(err)
         return 2
+    except CheckpointWriteError as err:
+        report_mistake(err)
+        return 1
     return 0
 
 

@@ -18,6 +18,7 @@ import os
 
 import yaml
 
+from megatron_mio.checkpoint.retention import RetentionPolicy
 from megatron_mio.model.attention import BACKENDS, available_backends, default_backend
 from megatron_mio.model.fusions import FUSION_FLAGS
 from megatron_mio.model.model_config import ParallelLayout, Precision, Recompute
@@ -62,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--config", default=None, help="YAML file with the same keys as the flags; flags override it")
+    for title, add_flags in _FLAG_GROUPS:
+        add_flags(parser.add_argument_group(title))
+    return parser
 
-    g = parser.add_argument_group("model")
+
+def _model_flags(g) -> None:
     g.add_argument("--model-preset", default="yi-6b", choices=sorted(PRESETS))
     g.add_argument("--num-layers", type=int, default=None)
     g.add_argument("--hidden-size", type=int, default=None)
@@ -80,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attention-backend", default=None, choices=list(BACKENDS), help="default: megatron_mio.model.attention.default_backend()")
     g.add_argument("--use-cpu-initialization", action="store_true", help="initialise weights on the CPU as unsplit master weights (same numbers for any TP)")
 
-    g = parser.add_argument_group("parallelism")
+
+def _parallelism_flags(g) -> None:
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
@@ -91,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--accumulate-allreduce-grads-in-fp32", action="store_true")
     g.add_argument("--distributed-timeout-minutes", type=int, default=30)
 
-    g = parser.add_argument_group("batch and schedule")
+
+def _batch_and_schedule_flags(g) -> None:
     g.add_argument("--micro-batch-size", type=int, default=1)
     g.add_argument("--global-batch-size", type=int, default=None, help="default: micro batch x data-parallel size")
     g.add_argument("--seq-length", type=int, default=2800)
@@ -104,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-skipped-iterations-in-a-row", type=int, default=10,
                    help="stop after this many consecutive iterations with a non-finite loss or gradient")
 
-    g = parser.add_argument_group("optimizer and learning rate")
+
+def _optimizer_and_learning_rate_flags(g) -> None:
     g.add_argument("--optimizer", default="adam", choices=["adam"], help="adam = AdamW (decoupled weight decay)")
     g.add_argument("--lr", type=float, default=3e-5)
     g.add_argument("--min-lr", type=float, default=0.0)
@@ -124,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--override-opt_param-scheduler", dest="override_opt_param_scheduler", action="store_true",
                    help="take the schedule from the flags, not from the checkpoint")
 
-    g = parser.add_argument_group("precision and memory")
+
+def _precision_and_memory_flags(g) -> None:
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--fp16", action="store_true")
     g.add_argument("--loss-scale", type=float, default=None, help="fp16 static loss scale; default dynamic")
@@ -137,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(f"--no-{flag}", action="store_true",
                        help=f"do not use {field} even where its kernel imports (megatron_mio.model.fusions)")
 
-    g = parser.add_argument_group("data")
+
+def _data_flags(g) -> None:
     g.add_argument("--data-path", nargs="*", default=None, help="Megatron-style [weight] prefix [weight prefix ...]")
     g.add_argument("--data-config", default=None, help="stage mixture YAML (datasets and per-GPU ratios)")
     g.add_argument("--tokenizer-model", default=None, help="MIO tokenizer directory")
@@ -148,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-iters", type=int, default=0, help="validation batches per evaluation")
     g.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank")
 
-    g = parser.add_argument_group("checkpoints")
+
+def _checkpoints_flags(g) -> None:
     g.add_argument("--save", default=None)
     g.add_argument("--load", default=None, help="resume from (or, with --finetune, take the weights of) this checkpoint directory")
     g.add_argument("--ckpt-step", type=int, default=None,
@@ -163,21 +174,47 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-save-optim", action="store_true")
     g.add_argument("--no-save-rng", action="store_true")
     g.add_argument("--async-save", action="store_true", help="write checkpoints in a background process")
+    g.add_argument("--keep-last-checkpoints", type=int, default=None, metavar="K",
+                   help="keep only the latest K checkpoints of --save (older ones are deleted once a newer one "
+                        "is complete; never the one resumed from); default: keep all")
+    g.add_argument("--keep-checkpoints-every", type=int, default=None, metavar="N",
+                   help="with --keep-last-checkpoints: also keep, for good, every checkpoint whose iteration is a multiple of N")
     g.add_argument("--ckpt-format", default="torch_dist", choices=["torch_dist"])
     g.add_argument("--dist-ckpt-optim-fully-reshardable", action="store_true",
                    help="save the distributed optimizer so that a resume may change TP/PP (gathers the "
                         "whole optimizer state of a model-parallel rank on one host); default: "
                         "dp_reshardable, each rank writes its own shard (resume may change DP only)")
 
-    g = parser.add_argument_group("logging")
+
+def _logging_flags(g) -> None:
     g.add_argument("--log-interval", type=int, default=1)
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--metrics-file", default=None, help="append one JSON line per logged iteration")
+    g.add_argument("--timing-log-level", type=int, default=1, choices=[0, 1],
+                   help="1: where the time goes in every logged line (data wait, forward-backward, exposed gradient "
+                        "reduction, optimizer, checkpoint; peak memory; slowest/fastest rank), read with one device "
+                        "synchronisation per logged line; 0: off")
+    g.add_argument("--wandb-project", default=None, help="log to Weights & Biases under this project (needs wandb)")
+    g.add_argument("--wandb-exp-name", default=None, help="the W&B run name")
+    g.add_argument("--wandb-save-dir", default=None, help="where W&B writes its run directory (default: ./wandb)")
 
-    g = parser.add_argument_group("platform")
+
+def _platform_flags(g) -> None:
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--use-cpu", action="store_true", help="run on the CPU with gloo (tests, laptops)")
-    return parser
+
+
+_FLAG_GROUPS = (
+    ("model", _model_flags),
+    ("parallelism", _parallelism_flags),
+    ("batch and schedule", _batch_and_schedule_flags),
+    ("optimizer and learning rate", _optimizer_and_learning_rate_flags),
+    ("precision and memory", _precision_and_memory_flags),
+    ("data", _data_flags),
+    ("checkpoints", _checkpoints_flags),
+    ("logging", _logging_flags),
+    ("platform", _platform_flags),
+)
 
 
 def _yaml_entries(path: str) -> list[tuple[str, object, int]]:
@@ -271,7 +308,7 @@ def build_configs(args: argparse.Namespace, world_size: int) -> TrainingConfig:
     config = TrainingConfig(
         model=_model_config(args), parallel=_parallel_config(args, layout), precision=_precision(args),
         batch=batch, optim=_optim_config(args), checkpoint=_checkpoint_config(args), data=_data_config(args),
-        logging=LoggingConfig(args.log_interval, args.tensorboard_dir, args.metrics_file),
+        logging=_logging_config(args),
         stop=StopConfig(args.train_iters, args.exit_interval, args.exit_duration_in_mins,
                         args.exit_signal_handler, args.max_skipped_iterations_in_a_row),
         seed=args.seed, use_cpu=args.use_cpu,
@@ -366,9 +403,7 @@ def _optim_config(args: argparse.Namespace) -> OptimConfig:
         warmup_steps = int(args.lr_warmup_fraction * decay_iters)
     else:
         warmup_steps = args.lr_warmup_iters
-    if decay_iters < 1:
-        raise ConfigError(f"--lr-decay-iters {decay_iters} is invalid: the schedule needs at least one "
-                          f"iteration (pass --lr-decay-iters with --train-iters 0)")
+    _check_schedule_flags(args, decay_iters, warmup_steps)
     weight_decay = args.weight_decay
     return OptimConfig(
         lr=args.lr, min_lr=args.min_lr, weight_decay=weight_decay, adam_beta1=args.adam_beta1,
@@ -377,9 +412,28 @@ def _optim_config(args: argparse.Namespace) -> OptimConfig:
         lr_decay_style=args.lr_decay_style,
         start_weight_decay=weight_decay if args.start_weight_decay is None else args.start_weight_decay,
         end_weight_decay=weight_decay if args.end_weight_decay is None else args.end_weight_decay,
-        weight_decay_incr_style=args.weight_decay_incr_style, weight_decay_incr_iters=args.train_iters,
+        weight_decay_incr_style=args.weight_decay_incr_style, weight_decay_incr_iters=max(args.train_iters, 1),
         override_opt_param_scheduler=args.override_opt_param_scheduler,
     )
+
+
+def _check_schedule_flags(args: argparse.Namespace, decay_iters: int, warmup_steps: int) -> None:
+    """What OptimizerParamScheduler would refuse with a bare AssertionError, as one line."""
+    if decay_iters < 1:
+        if args.train_iters == 0:
+            raise ConfigError("--train-iters 0 trains nothing (with --save it writes the initial weights): give "
+                              "--lr-decay-iters for the schedule that checkpoint records, or --train-iters N > 0")
+        raise ConfigError(f"--lr-decay-iters {decay_iters} is invalid: it must be at least 1")
+    if warmup_steps >= decay_iters:
+        raise ConfigError(f"the warmup ({warmup_steps} iterations from --lr-warmup-iters / --lr-warmup-fraction) "
+                          f"must be shorter than the decay ({decay_iters} iterations, --lr-decay-iters or --train-iters)")
+    if args.lr_warmup_init > args.lr:
+        raise ConfigError(f"--lr-warmup-init {args.lr_warmup_init} is above --lr {args.lr}")
+    start = args.weight_decay if args.start_weight_decay is None else args.start_weight_decay
+    end = args.weight_decay if args.end_weight_decay is None else args.end_weight_decay
+    if end < start or (args.weight_decay_incr_style == "constant" and start != end):
+        raise ConfigError(f"--start-weight-decay {start} / --end-weight-decay {end}: the end must not be below the "
+                          f"start, and differ from it only with --weight-decay-incr-style linear or cosine")
 
 
 def _checkpoint_config(args: argparse.Namespace) -> CheckpointConfig:
@@ -387,12 +441,23 @@ def _checkpoint_config(args: argparse.Namespace) -> CheckpointConfig:
         raise ConfigError("--finetune needs --load (the checkpoint to take the weights from)")
     if args.ckpt_step is not None and not args.load:
         raise ConfigError("--ckpt-step needs --load (the directory that holds that iteration)")
+    if args.keep_checkpoints_every is not None and args.keep_last_checkpoints is None:
+        raise ConfigError("--keep-checkpoints-every needs --keep-last-checkpoints (without it every checkpoint is kept)")
     return CheckpointConfig(
         save=args.save, load=args.load, ckpt_step=args.ckpt_step, allow_missing_checkpoint=args.allow_missing_checkpoint,
         save_interval=args.save_interval, finetune=args.finetune, load_optim=not args.no_load_optim,
         load_rng=not args.no_load_rng, save_optim=not args.no_save_optim, save_rng=not args.no_save_rng,
         async_save=args.async_save, fully_reshardable=args.dist_ckpt_optim_fully_reshardable,
+        retention=RetentionPolicy(args.keep_last_checkpoints, args.keep_checkpoints_every),
     )
+
+
+def _logging_config(args: argparse.Namespace) -> LoggingConfig:
+    if (args.wandb_exp_name or args.wandb_save_dir) and not args.wandb_project:
+        raise ConfigError("--wandb-exp-name / --wandb-save-dir need --wandb-project (the W&B project to log to)")
+    return LoggingConfig(args.log_interval, args.tensorboard_dir, args.metrics_file, timers=args.timing_log_level > 0,
+                         wandb_project=args.wandb_project, wandb_exp_name=args.wandb_exp_name,
+                         wandb_save_dir=args.wandb_save_dir)
 
 
 def _data_config(args: argparse.Namespace) -> DataConfig:
@@ -424,7 +489,8 @@ _MINIMUM = {
     "lr": 0.0, "min_lr": 0.0, "lr_warmup_init": 0.0, "weight_decay": 0.0, "start_weight_decay": 0.0,
     "end_weight_decay": 0.0, "adam_eps": 0.0, "clip_grad": 0.0, "lr_warmup_iters": 0, "train_iters": 0,
     "micro_batch_size": 1, "seq_length": 1, "log_interval": 1, "make_vocab_size_divisible_by": 1,
-    "tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1,
+    "tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "keep_last_checkpoints": 1,
+    "keep_checkpoints_every": 1,
 }
 
 

@@ -33,13 +33,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.serialization import StrictHandling
 from megatron.core.utils import unwrap_model
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_mio.checkpoint.description import (
     PARALLEL_FIELDS,
@@ -59,12 +63,15 @@ from megatron_mio.checkpoint.layout import (
     OPTIMIZER_KEY,
     RNG_KEY,
     SCHEDULER_KEY,
+    TRACKER,
     TRAIN_STATE_KEY,
     common_state,
     iteration_dir,
     model_keys,
+    read_tracker,
     write_tracker,
 )
+from megatron_mio.checkpoint.retention import apply_retention
 from megatron_mio.checkpoint.rng import (
     capture_rng_state,
     restore_rng_state,
@@ -92,6 +99,21 @@ def optimizer_metadata(fully_reshardable: bool) -> dict:
 def saved_optimizer_metadata(directory: str) -> dict:
     """The optimizer layout recorded in a checkpoint (older ones were all fully reshardable)."""
     return dist_checkpointing.load_content_metadata(directory) or dict(FULLY_RESHARDABLE)
+
+
+def check_save_directory(save: str | None) -> None:
+    """``--save`` can be written: checked at start (a probe file written and removed), not at the first save."""
+    if not save:
+        return
+    probe = os.path.join(save, f".write_probe.{socket.gethostname()}.{os.getpid()}")
+    try:
+        os.makedirs(save, exist_ok=True)
+        with open(probe, "w", encoding="utf-8") as handle:
+            handle.write("probe")
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"--save {save}: cannot write there ({err.strerror or err}); choose a directory this "
+                          f"job can write") from None
 
 
 def resume_point(config: CheckpointConfig) -> ResumePoint | None:
@@ -131,6 +153,51 @@ def sharded_state_dict(model, optimizer=None, scheduler=None, *, optimizer_meta:
     return state
 
 
+class CheckpointWriteError(RuntimeError):
+    """A save failed (the run stops; the previous checkpoint and the tracker are intact)."""
+
+
+def _write_failure(root: str, iteration: int, directory: str, needed: int, err: Exception) -> str:
+    previous = read_tracker(root)
+    if previous is not None:  # the last checkpoint's own size beats the estimate
+        needed = sum(path.stat().st_size for path in iteration_dir(root, previous).rglob("*") if path.is_file())
+    free = shutil.disk_usage(root).free if os.path.isdir(root) else None
+    resume = (f"the last complete checkpoint is iteration {previous} ({TRACKER} still names it), and a restart "
+              f"resumes from it" if previous is not None else "there is no complete checkpoint yet")
+    space = f"{_gib(free)} free there, " if free is not None else ""
+    return (f"could not save iteration {iteration} to {directory} ({_cause(err)}): {space}a checkpoint of this run "
+            f"needs about {_gib(needed)}; {resume}. Free space or choose another --save, then restart")
+
+
+def _cause(err: BaseException) -> str:
+    """What failed, in a few words: the OS error if one is at hand, else the writer's own message
+    (torch's CheckpointException carries each rank's error in ``failures``)."""
+    errors = [err] + [failure[0] for failure in getattr(err, "failures", {}).values()]
+    for error in errors:
+        seen = error
+        while seen is not None:
+            if isinstance(seen, OSError) and seen.strerror:
+                return seen.strerror
+            seen = seen.__cause__ or seen.__context__
+    lines = str(errors[-1]).strip().splitlines()
+    return lines[-1] if lines else type(errors[-1]).__name__
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def _checkpoint_bytes_estimate(model, run: RunDescription, with_optimizer: bool) -> int:
+    """About what one checkpoint takes: this rank's weights, times the model-parallel ranks, plus
+    AdamW's fp32 main weights and two moments (12 bytes a parameter) when saved."""
+    chunks = unwrap_model(model)
+    params = sum(p.numel() for chunk in chunks for p in chunk.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for chunk in chunks for p in chunk.parameters())
+    layout = run.layout
+    model_parallel = layout.tensor_model_parallel_size * layout.pipeline_model_parallel_size
+    return model_parallel * (weight_bytes + (12 * params if with_optimizer else 0))
+
+
 class Checkpointer:
     """Saves and loads; with ``--async-save`` the write runs in a background process."""
 
@@ -142,6 +209,8 @@ class Checkpointer:
         self.rng_device_type = rng_device_type  # the Platform's: "cuda", or "cpu" on --use-cpu
         self.async_queue = None
         self._warmup = None
+        self._in_flight: tuple[int, str, int] | None = None  # (iteration, directory, bytes it needs)
+        self.resumed_from: tuple[str, int] | None = None  # (--load, iteration) once loaded
         if config.save:
             # torch_dist writers report through a queue served by a *spawned* manager process,
             # which takes seconds to start (it re-imports the entry module).  Start it now, in
@@ -161,13 +230,15 @@ class Checkpointer:
 
     # ---- save -------------------------------------------------------------------------------
     def save(self, train_state: TrainState, model, optimizer, scheduler) -> None:
-        """Write ``train_state.iteration``'s checkpoint; the tracker points to it once every rank wrote."""
+        """Write ``train_state.iteration``'s checkpoint; the tracker points to it once every rank
+        wrote, and only then does retention delete older ones."""
         config, iteration = self.config, train_state.iteration
         self.finalize(blocking=True)  # one checkpoint in flight at a time
         if self._warmup is not None:
             self._warmup.join()
             self._warmup = None
         directory = str(iteration_dir(config.save, iteration))
+        self._in_flight = (iteration, directory, _checkpoint_bytes_estimate(model, self.run, config.save_optim))
         if torch.distributed.get_rank() == 0:
             os.makedirs(config.save, exist_ok=True)
             if os.path.exists(directory):  # left over by a run that died while writing it
@@ -181,27 +252,57 @@ class Checkpointer:
         )
         state.update(common_state(iteration, train_state.consumed_samples, describe_checkpoint(self.run),
                                   train_state.counters()))
-        request = dist_checkpointing.save(
-            state, directory, async_sharded_save=self.async_queue is not None, async_strategy="mcore",
-            content_metadata=meta,
-        )
+        with self._reporting_write_failures():
+            request = dist_checkpointing.save(
+                state, directory, async_sharded_save=self.async_queue is not None, async_strategy="mcore",
+                content_metadata=meta,
+            )
+            if self.async_queue is None:
+                torch.distributed.barrier()
+                self._mark_complete(iteration)
+                torch.distributed.barrier()
+                self._in_flight = None
+            else:
+                request.add_finalize_fn(lambda: self._mark_complete(iteration))
+                self.async_queue.schedule_async_request(request)
 
-        def mark_complete():
+    def _mark_complete(self, iteration: int) -> None:
+        """Point the tracker to ``iteration`` (every rank has written it), then apply retention."""
+        if torch.distributed.get_rank() != 0:
+            return
+        write_tracker(self.config.save, iteration)
+        apply_retention(self.config.save, self.config.retention, self._protected())
+
+    def _protected(self) -> frozenset[int]:
+        """The checkpoint this run resumed from, when it lives in --save: never deleted by this run."""
+        if self.resumed_from is None:
+            return frozenset()
+        root, iteration = self.resumed_from
+        same = os.path.isdir(root) and os.path.samefile(root, self.config.save)
+        return frozenset({iteration}) if same else frozenset()
+
+    @contextmanager
+    def _reporting_write_failures(self):
+        """A failed write (a full disk, a lost mount) as one line; the tracker still names the last
+        complete checkpoint, and this one's partial directory is removed to give the space back."""
+        try:
+            yield
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - torch's wraps the writers' errors
+            if self._in_flight is None:
+                raise
+            iteration, directory, needed = self._in_flight
+            self._in_flight = None
             if torch.distributed.get_rank() == 0:
-                write_tracker(config.save, iteration)
-
-        if self.async_queue is None:
-            torch.distributed.barrier()
-            mark_complete()
-            torch.distributed.barrier()
-        else:
-            request.add_finalize_fn(mark_complete)
-            self.async_queue.schedule_async_request(request)
+                shutil.rmtree(directory, ignore_errors=True)
+            raise CheckpointWriteError(_write_failure(self.config.save, iteration, directory, needed, err)) from err
 
     def finalize(self, blocking: bool = False) -> None:
         """Finish background saves that are done (all of them when ``blocking``)."""
         if self.async_queue is not None:
-            self.async_queue.maybe_finalize_async_calls(blocking=blocking)
+            with self._reporting_write_failures():
+                self.async_queue.maybe_finalize_async_calls(blocking=blocking)
+            if self.async_queue.get_num_unfinalized_calls() == 0:
+                self._in_flight = None
 
     def close(self) -> None:
         """Release the helper processes; safe on every exit path, also before any save.
@@ -247,6 +348,8 @@ class Checkpointer:
         loaded = dist_checkpointing.load(state, directory, strict=StrictHandling.ASSUME_OK_UNEXPECTED)
         for key, chunk in zip(model_keys(len(unwrap_model(model))), unwrap_model(model)):
             chunk.load_state_dict(loaded[key], strict=True)
+        if not config.finetune:
+            self.resumed_from = (str(Path(directory).parent), point.iteration)
         if config.finetune:
             log.info("loaded model weights from %s (iteration %d); starting at iteration 0", directory, point.iteration)
             return TrainState()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megatron_mio.checkpoint.retention import RetentionPolicy
 from megatron_mio.model.model_config import ParallelLayout, Precision, Recompute
 from megatron_mio.model.presets import ModelPreset
 
@@ -78,6 +79,7 @@ class CheckpointConfig:
     save_rng: bool
     async_save: bool
     fully_reshardable: bool  # --dist-ckpt-optim-fully-reshardable
+    retention: RetentionPolicy = RetentionPolicy()  # --keep-last-checkpoints, --keep-checkpoints-every
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class LoggingConfig:
     log_interval: int
     tensorboard_dir: str | None
     metrics_file: str | None
+    timers: bool = True  # --timing-log-level 1
+    wandb_project: str | None = None
+    wandb_exp_name: str | None = None
+    wandb_save_dir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,19 @@
 The trainer builds one record (a dict) per logged iteration (``metrics.MetricsLogger``) and hands
 it to every sink; sinks exist on the logging rank only (:func:`open_sinks` decides, once), so no
 sink checks ranks.  Console: Megatron-LM's iteration line; TensorBoard: one scalar per numeric
-field; ``--metrics-file``: one JSON line per record.
+field; ``--metrics-file``: one JSON line per record; ``--wandb-project``: Weights & Biases.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
 from megatron_mio.tokenizer.vocab import Modality
+from megatron_mio.training.arguments import ConfigError
 from megatron_mio.training.config import LoggingConfig
+from megatron_mio.training.timers import REGIONS as TIMED_REGIONS
 
 
 class MetricsSink:
@@ -83,6 +86,37 @@ class JsonlSink(MetricsSink):
         self._append({"iteration": iteration, "valid_loss": valid_loss})
 
 
+class WandbSink(MetricsSink):
+    """Weights & Biases (``--wandb-project``): the same scalars as TensorBoard, at the iteration as step.
+
+    ``wandb`` is optional (:func:`check_wandb` refuses the flag without it, at start-up); with
+    ``WANDB_MODE=offline`` the run is written under ``--wandb-save-dir`` for ``wandb sync``.
+    """
+
+    def __init__(self, project: str, name: str | None, save_dir: str | None):
+        import wandb
+
+        if save_dir:
+            os.makedirs(save_dir, exist_ok=True)
+        self.run = wandb.init(project=project, name=name, dir=save_dir)
+
+    def write_iteration(self, record: dict) -> None:
+        self.run.log(scalars(record), step=record["iteration"])
+
+    def write_validation(self, iteration: int, valid_loss: float | None) -> None:
+        if valid_loss is not None:
+            self.run.log({"valid_loss": valid_loss}, step=iteration)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def check_wandb(config: LoggingConfig) -> None:
+    """``--wandb-project`` without the wandb package: one line at start-up, on every rank."""
+    if config.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--wandb-project needs the wandb package, which is not installed: pip install wandb")
+
+
 def open_sinks(config: LoggingConfig, is_logging_rank: bool) -> list[MetricsSink]:
     """The sinks the flags ask for, on the logging rank; none elsewhere."""
     if not is_logging_rank:
@@ -92,6 +126,8 @@ def open_sinks(config: LoggingConfig, is_logging_rank: bool) -> list[MetricsSink
         sinks.append(TensorBoardSink(config.tensorboard_dir))
     if config.metrics_file:
         sinks.append(JsonlSink(config.metrics_file))
+    if config.wandb_project:
+        sinks.append(WandbSink(config.wandb_project, config.wandb_exp_name, config.wandb_save_dir))
     return sinks
 
 
@@ -116,4 +152,14 @@ def format_line(r: dict) -> str:
         f" tokens/s: {r['tokens_per_second']:.0f} |"
         f" TFLOP/s/GPU: {r['tflops_per_gpu']:.1f} |"
         f" MFU: {_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f')}{'' if r['mfu'] is None else '%'} |"
+        + (_timer_fields(r) if "time_forward_backward_ms" in r else "")
     )
+
+
+def _timer_fields(r: dict) -> str:
+    """The timers' part of the line (``--timing-log-level 1``): per iteration, max over ranks."""
+    regions = " / ".join(f"{r[f'time_{name}_ms']:.1f}" for name in TIMED_REGIONS)
+    return (f" time per iteration (ms) data/fwd-bwd/grad-reduce/optimizer/checkpoint: {regions} |"
+            f" peak memory (MB): {r['peak_memory_mb']:.0f} |"
+            f" iteration (ms) slowest/fastest rank: {r['iteration_ms_slowest_rank']:.1f} / "
+            f"{r['iteration_ms_fastest_rank']:.1f} |")

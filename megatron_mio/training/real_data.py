@@ -14,6 +14,8 @@ import torch
 from megatron_mio.data.mixture import read_mixture
 from megatron_mio.data.packed_dataset import PackingConfig
 from megatron_mio.data.sampler import build_pretraining_dataloader
+from megatron_mio.data.validate import validate_packed_source
+from megatron_mio.training.arguments import ConfigError
 from megatron_mio.training.config import DataConfig
 
 
@@ -32,6 +34,23 @@ def packed_loader(data: DataConfig, seq_length: int, pad_id: int, table: np.ndar
         mixture = read_mixture(data.data_config, _paths(data.data_path))
     return build_pretraining_dataloader(mixture, packing_config(data, seq_length, pad_id, table),
                                         num_samples=num_samples, num_workers=data.num_workers, **placement)
+
+
+def check_sources(data: DataConfig) -> None:
+    """Read every mixture and index the run will open, before any model exists: a missing prefix
+    or a mistyped mixture key is one line naming the flag."""
+    for flag, config_file, paths in (("--data-config", data.data_config, data.data_path),
+                                     ("--valid-data-config", data.valid_data_config, data.valid_data_path)):
+        if not config_file and not paths:
+            continue
+        named = f"{flag} {config_file}" if config_file else flag.replace("-config", "-path")
+        try:
+            mixture = read_mixture(config_file, _paths(paths))
+            for data_type in mixture.types:
+                for prefix in data_type.prefixes:
+                    validate_packed_source(prefix)
+        except (ValueError, OSError) as err:  # MixtureError, DataFileError, an unreadable file
+            raise ConfigError(f"{named}: {err}") from None
 
 
 def _paths(paths: tuple[str, ...] | None) -> list[str] | None:

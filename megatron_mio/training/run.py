@@ -14,7 +14,8 @@ from megatron_mio.checkpoint.discovery import ResumePoint
 from megatron_mio.model.model_config import ParallelLayout, Precision
 from megatron_mio.model.presets import ModelPreset
 from megatron_mio.model.vocab_padding import padded_vocab_for_load
-from megatron_mio.training.config import BatchConfig, TrainingConfig
+from megatron_mio.training.arguments import ConfigError
+from megatron_mio.training.config import BatchConfig, DataConfig, TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,16 @@ class RunDescription:
     layout: ParallelLayout
     batch: BatchConfig
     precision: Precision
+
+
+def check_vocabulary(resume: ResumePoint | None, vocab_size: int, data: DataConfig) -> None:
+    """Refuse a checkpoint trained on another vocabulary (its rows would mean other tokens)."""
+    saved = (resume.layout or {}).get("vocab_size") if resume else None
+    if saved is None or saved == vocab_size:
+        return
+    source = f"--tokenizer-model {data.tokenizer_model}" if data.tokenizer_model else "--vocab-size"
+    raise ConfigError(f"{resume.directory} was trained with a vocabulary of {saved} ids, {source} has {vocab_size}: "
+                      f"use the tokenizer the checkpoint was trained with")
 
 
 def describe_run(config: TrainingConfig, vocab_size: int, resume: ResumePoint | None) -> RunDescription:

@@ -35,9 +35,14 @@ from megatron_mio.model.fusions import plan_fusions
 from megatron_mio.model.vocab_padding import mask_vocab_padding
 from megatron_mio.training import data as mio_data
 from megatron_mio.training.arguments import parse_args
-from megatron_mio.training.checkpointing import Checkpointer, ResumePoint, resume_point
+from megatron_mio.training.checkpointing import (
+    Checkpointer,
+    ResumePoint,
+    check_save_directory,
+    resume_point,
+)
 from megatron_mio.training.config import ModelConfig, ParallelConfig, TrainingConfig
-from megatron_mio.training.loggers import open_sinks
+from megatron_mio.training.loggers import check_wandb, open_sinks
 from megatron_mio.training.losses import LossReport, reduce_reports
 from megatron_mio.training.metrics import CountingIterator, IntervalStats, MetricsLogger
 from megatron_mio.training.optimizer import (
@@ -47,10 +52,11 @@ from megatron_mio.training.optimizer import (
     optimizer_step,
 )
 from megatron_mio.training.resume import check_schedule
-from megatron_mio.training.run import RunDescription, describe_run
+from megatron_mio.training.run import RunDescription, check_vocabulary, describe_run
 from megatron_mio.training.signals import ExitSignal
 from megatron_mio.training.state import TrainState
 from megatron_mio.training.step import forward_step
+from megatron_mio.training.timers import IntervalTimers, TimedIterator, timed
 
 log = logging.getLogger("megatron_mio.training")
 
@@ -171,6 +177,9 @@ class Trainer:
         self.stats = IntervalStats()
         self.logger: MetricsLogger | None = None  # from fit(): a failed resume writes no logs
         self.counter: CountingIterator | None = None
+        self.timers = IntervalTimers(plat.device, enabled=config.logging.timers)
+        self.model[0].config.finalize_model_grads_func = timed(
+            self.model[0].config.finalize_model_grads_func, self.timers, "grad_reduce_exposed")
         self.valid_batches = mio_data.ValidationBatches(parts.valid_data, len(parts.model)) if parts.valid_data else None
         self.started = time.time()
 
@@ -205,9 +214,11 @@ class Trainer:
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        loss = self._run_schedule(data_iterator, forward_only=False)
+        with self.timers.region("forward_backward"):
+            loss = self._run_schedule(data_iterator, forward_only=False)
         learning_rate = self.optimizer.param_groups[0]["lr"]  # before the scheduler moves it
-        stepped, grad_norm = optimizer_step(self.optimizer)
+        with self.timers.region("optimizer"):
+            stepped, grad_norm = optimizer_step(self.optimizer)
         state, stats = self.state, self.stats
         if stepped:
             self.scheduler.step(increment=1)
@@ -250,6 +261,8 @@ class Trainer:
             lr=result.learning_rate, stats=self.stats, total_skipped=self.state.skipped_total,
             loss_scale=self.optimizer.get_loss_scale().item() if self.run.precision.fp16 else None,
         )
+        if self.timers.enabled:  # every rank takes part: one all-reduce per logged line
+            record.update(self.timers.reduce(record["elapsed_ms_per_iteration"], self.stats.iterations))
         if not result.stepped:
             record["skipped_reason"] = "non-finite gradient or loss"
         self.logger.emit(record)
@@ -276,7 +289,8 @@ class Trainer:
         if not self.saves or self.state.last_saved == self.state.iteration:
             return
         began = time.time()
-        self.checkpointer.save(self.state, self.model, self.optimizer, self.scheduler)
+        with self.timers.region("checkpoint"):
+            self.checkpointer.save(self.state, self.model, self.optimizer, self.scheduler)
         self.state.last_saved = self.state.iteration
         self.stats.started += time.time() - began  # checkpoint time is not training throughput
 
@@ -301,7 +315,8 @@ class Trainer:
         return None
 
     def _train_iterator(self):
-        iterators = self.parts.train_data.iterators(self.state.consumed_samples, len(self.model))
+        iterators = [TimedIterator(iterator, self.timers)
+                     for iterator in self.parts.train_data.iterators(self.state.consumed_samples, len(self.model))]
         self.counter = iterators[0] = CountingIterator(iterators[0])
         return iterators if len(self.model) > 1 else iterators[0]
 
@@ -349,12 +364,10 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     config = parse_args(argv)
-    resume = resume_point(config.checkpoint)  # files only: a bad --load fails before any rank starts up
-    check_schedule(config.optim, config.checkpoint, resume)
+    resume, vocabulary = _startup_checks(config)
     plat = initialize(config)
     if torch.distributed.get_rank() == 0:
         log.info(mio_platform.describe(plat, config.model.attention_backend))
-    vocabulary = mio_data.read_vocabulary(config.data)  # the tokenizer, read once
     run = describe_run(config, vocabulary.size, resume)
     checkpointer = Checkpointer(config.checkpoint, run, use_distributed_optimizer=config.parallel.use_distributed_optimizer,
                                 rng_device_type=plat.rng_device_type)
@@ -366,6 +379,23 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
         return trainer.fit()
     finally:
         checkpointer.close()
+
+
+def _startup_checks(config: TrainingConfig) -> tuple[ResumePoint | None, mio_data.Vocabulary]:
+    """Files only, before any process group or model: a mistake fails in seconds, as one line."""
+    check_save_directory(config.checkpoint.save)
+    check_wandb(config.logging)
+    resume = resume_point(config.checkpoint)
+    check_schedule(config.optim, config.checkpoint, resume)
+    vocabulary = mio_data.read_vocabulary(config.data)  # the tokenizer, read once
+    check_vocabulary(resume, vocabulary.size, config.data)
+    if not config.data.mock_data:
+        from megatron_mio.training import (
+            real_data,  # the packed-data stack, only for real data
+        )
+
+        real_data.check_sources(config.data)
+    return resume, vocabulary
 
 
 def _build_parts(config: TrainingConfig, run: RunDescription, plat: mio_platform.Platform,
