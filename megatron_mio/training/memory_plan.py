@@ -27,11 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from megatron_mio.model.presets import (
-    VOCAB_SIZE_DIVISIBLE_BY,
-    ModelPreset,
-    padded_vocab_size,
-)
+from megatron_mio.model.presets import VOCAB_SIZE_DIVISIBLE_BY, ModelPreset, padded_vocab_size
 
 GIB = 1024**3
 
