@@ -17,23 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_mio.checkpoint.layout import (
-    TRACKER,
-    iteration_dir,
-    read_tracker,
-    write_tracker,
-)
+from megatron_mio.checkpoint.layout import TRACKER, iteration_dir, read_tracker, write_tracker
 from tests.distributed import REPO_ROOT, cpu_env
 from tests.trainer_runs import (
-    DP2,
-    ITERS,
-    TINY,
-    from_init,
-    layout_run,
-    metrics,
-    session_root,
-    straight_dp2,
-    train,
+    DP2, ITERS, TINY, from_init, layout_run, metrics, session_root, straight_dp2, train,
 )
 
 RESHARD_RTOL = 2e-5

@@ -13,17 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from megatron_mio.checkpoint.layout import (
-    iteration_dir,
-    read_tracker,
-    saved_iterations,
-    write_tracker,
-)
-from megatron_mio.checkpoint.retention import (
-    DELETING_PREFIX,
-    RetentionPolicy,
-    apply_retention,
-)
+from megatron_mio.checkpoint.layout import iteration_dir, read_tracker, saved_iterations, write_tracker
+from megatron_mio.checkpoint.retention import DELETING_PREFIX, RetentionPolicy, apply_retention
 from tests.trainer_runs import train
 
 
@@ -88,6 +79,8 @@ def test_sigkill_during_deletion_leaves_no_partial_checkpoint(tmp_path):
     assert not doomed.exists() and saved_iterations(tmp_path) == [2]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_training_keeps_the_latest_and_every_nth(tmp_path):
     save = tmp_path / "ckpt"
     run = train(tmp_path, "retention", 1, ["--train-iters", "5", "--save", save, "--save-interval", "1",

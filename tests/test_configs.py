@@ -12,12 +12,7 @@ from megatron_mio.model import build_transformer_config, get_preset
 from megatron_mio.model.model_config import ParallelLayout, Precision
 from megatron_mio.training.arguments import build_configs, parse_args, parse_flags
 from megatron_mio.training.config import LoggingConfig
-from megatron_mio.training.loggers import (
-    ConsoleSink,
-    JsonlSink,
-    TensorBoardSink,
-    open_sinks,
-)
+from megatron_mio.training.loggers import ConsoleSink, JsonlSink, TensorBoardSink, open_sinks
 
 BASE = ["--mock-data", "--vocab-size", "300", "--train-iters", "4", "--model-preset", "tiny", "--seq-length", "64"]
 

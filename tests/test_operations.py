@@ -51,6 +51,8 @@ def test_unwritable_save_is_refused_at_start(tmp_path, capsys):
                                                 f"(Not a directory); choose a directory this job can write"]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_resume_with_another_vocabulary_is_refused_naming_both_sizes(saved_run, capsys):
     argv = [a if a != "300" else "512" for a in ONE_RANK]  # --vocab-size 512
     status, err = pretrain_in_process([*argv, "--train-iters", "2", "--load", saved_run], capsys)
@@ -59,6 +61,7 @@ def test_resume_with_another_vocabulary_is_refused_naming_both_sizes(saved_run, 
                                 f"--vocab-size has 512: use the tokenizer the checkpoint was trained with"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data_flags,match", [
     (["--data-path", "/no/such/prefix"], r"^error: --data-path: .*/no/such/prefix"),
     (["--data-config", "MIX"], r"^error: --data-config .*mix\.yaml: .*mix\.yaml:3: types\.text\.prefixs: unknown field"),
@@ -81,6 +84,8 @@ def test_train_iters_zero_without_a_schedule_is_one_line(capsys):
     assert status == 2 and error_lines(err)[0].startswith("error: --train-iters 0 trains nothing")
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting the small filesystem that fills up needs root")
 def test_disk_full_during_a_save_keeps_the_last_checkpoint(tmp_path):
     disk = tmp_path / "disk"
@@ -110,6 +115,8 @@ TIMER_FIELDS = ("time_data_wait_ms", "time_forward_backward_ms", "time_grad_redu
                 "time_checkpoint_ms", "peak_memory_mb", "iteration_ms_slowest_rank", "iteration_ms_fastest_rank")
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_timers_in_the_line_and_the_record(tmp_path):
     run = train(tmp_path, "timers", 2, ["--train-iters", "4", "--save", tmp_path / "ckpt", "--save-interval", "2",
                                         "--log-interval", "2"])
@@ -126,6 +133,8 @@ def test_timers_in_the_line_and_the_record(tmp_path):
     assert not any(field in off["records"][0] for field in TIMER_FIELDS)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_wandb_offline_run_holds_the_logged_scalars(tmp_path):
     save_dir = tmp_path / "wandb_out"
     proc = run_torchrun("megatron_mio.pretrain", 2,

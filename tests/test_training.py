@@ -18,7 +18,15 @@ import pytest
 
 from tests.distributed import REPO_ROOT, cpu_env
 from tests.trainer_runs import (
-    LAYOUTS, TINY, from_init, layout_run, metrics, reference, session_root, straight_dp2, train,
+    LAYOUTS,
+    TINY,
+    from_init,
+    layout_run,
+    metrics,
+    reference,
+    session_root,
+    straight_dp2,
+    train,
 )
 
 PARITY_RTOL = 2e-5
@@ -74,6 +82,7 @@ def test_iteration_line_and_metrics_fields(runs_root):
 def _write_corpus(tokenizer, prefix_dir):
     """Tiny indexed datasets of each data type, token ids from the real MIO tokenizer."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
     from megatron_mio.data.synthetic import sample_text_lines
 
     rng = np.random.default_rng(0)
@@ -150,6 +159,8 @@ def test_non_finite_loss_is_skipped_counted_and_stops_after_limit(runs_root, tmp
     assert "--max-skipped-iterations-in-a-row 3" in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_skipped_iterations_count_survives_a_resume(runs_root, tmp_path):
     """TrainState is what a checkpoint restores: the skipped total continues after a resume."""
     script = REPO_ROOT / "tests" / "workers" / "train_nonfinite.py"

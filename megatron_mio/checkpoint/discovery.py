@@ -11,12 +11,7 @@ import os
 from dataclasses import dataclass
 
 from megatron_mio.checkpoint.description import ModelDescription, read_description
-from megatron_mio.checkpoint.layout import (
-    TRACKER,
-    iteration_dir,
-    read_tracker,
-    saved_iterations,
-)
+from megatron_mio.checkpoint.layout import TRACKER, iteration_dir, read_tracker, saved_iterations
 
 log = logging.getLogger(__name__)
 

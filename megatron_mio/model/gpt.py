@@ -12,14 +12,7 @@ from megatron.core.transformer import TransformerConfig
 
 from megatron_mio.model.attention import check_document_masking, layer_spec
 from megatron_mio.model.fusions import NO_FUSIONS, Fusions
-from megatron_mio.model.model_config import (
-    FP32,
-    NO_RECOMPUTE,
-    SINGLE_RANK,
-    ParallelLayout,
-    Precision,
-    Recompute,
-)
+from megatron_mio.model.model_config import FP32, NO_RECOMPUTE, SINGLE_RANK, ParallelLayout, Precision, Recompute
 from megatron_mio.model.presets import ModelPreset
 
 

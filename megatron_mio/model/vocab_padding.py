@@ -15,10 +15,7 @@ import logging
 from collections.abc import Mapping
 
 from megatron.core.models.gpt import GPTModel
-from megatron.core.parallel_state import (
-    get_tensor_model_parallel_rank,
-    get_tensor_model_parallel_world_size,
-)
+from megatron.core.parallel_state import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
 from megatron_mio.model.presets import padded_vocab_size
 

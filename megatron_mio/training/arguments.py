@@ -22,12 +22,7 @@ from megatron_mio.checkpoint.retention import RetentionPolicy
 from megatron_mio.model.attention import BACKENDS, available_backends, default_backend
 from megatron_mio.model.fusions import FUSION_FLAGS
 from megatron_mio.model.model_config import ParallelLayout, Precision, Recompute
-from megatron_mio.model.presets import (
-    PRESETS,
-    VOCAB_SIZE_DIVISIBLE_BY,
-    ModelPreset,
-    get_preset,
-)
+from megatron_mio.model.presets import PRESETS, VOCAB_SIZE_DIVISIBLE_BY, ModelPreset, get_preset
 from megatron_mio.training.config import (
     BatchConfig,
     CheckpointConfig,

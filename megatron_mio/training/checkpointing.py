@@ -52,11 +52,7 @@ from megatron_mio.checkpoint.description import (
     read_description,
     saved_layout,
 )
-from megatron_mio.checkpoint.discovery import (
-    CheckpointError,
-    ResumePoint,
-    find_checkpoint,
-)
+from megatron_mio.checkpoint.discovery import CheckpointError, ResumePoint, find_checkpoint
 from megatron_mio.checkpoint.layout import (
     CONSUMED_SAMPLES_KEY,
     ITERATION_KEY,
@@ -72,11 +68,7 @@ from megatron_mio.checkpoint.layout import (
     write_tracker,
 )
 from megatron_mio.checkpoint.retention import apply_retention
-from megatron_mio.checkpoint.rng import (
-    capture_rng_state,
-    restore_rng_state,
-    rng_sharded_object,
-)
+from megatron_mio.checkpoint.rng import capture_rng_state, restore_rng_state, rng_sharded_object
 from megatron_mio.training.arguments import ConfigError
 from megatron_mio.training.config import CheckpointConfig
 from megatron_mio.training.resume import loads_schedule, retarget_param_groups
@@ -215,16 +207,12 @@ class Checkpointer:
             # torch_dist writers report through a queue served by a *spawned* manager process,
             # which takes seconds to start (it re-imports the entry module).  Start it now, in
             # the background, instead of stalling the first save.
-            from megatron.core.dist_checkpointing.strategies.filesystem_async import (
-                get_write_results_queue,
-            )
+            from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
 
             self._warmup = threading.Thread(target=get_write_results_queue, daemon=True)
             self._warmup.start()
         if config.async_save:
-            from megatron.core.dist_checkpointing.strategies.async_utils import (
-                AsyncCallsQueue,
-            )
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
             self.async_queue = AsyncCallsQueue()
 

@@ -21,11 +21,7 @@ from functools import partial
 import numpy as np
 import torch
 from megatron.core import parallel_state, tensor_parallel
-from megatron.core.distributed import (
-    DistributedDataParallel,
-    DistributedDataParallelConfig,
-    finalize_model_grads,
-)
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
@@ -35,22 +31,12 @@ from megatron_mio.model.fusions import plan_fusions
 from megatron_mio.model.vocab_padding import mask_vocab_padding
 from megatron_mio.training import data as mio_data
 from megatron_mio.training.arguments import parse_args
-from megatron_mio.training.checkpointing import (
-    Checkpointer,
-    ResumePoint,
-    check_save_directory,
-    resume_point,
-)
+from megatron_mio.training.checkpointing import Checkpointer, ResumePoint, check_save_directory, resume_point
 from megatron_mio.training.config import ModelConfig, ParallelConfig, TrainingConfig
 from megatron_mio.training.loggers import check_wandb, open_sinks
 from megatron_mio.training.losses import LossReport, reduce_reports
 from megatron_mio.training.metrics import CountingIterator, IntervalStats, MetricsLogger
-from megatron_mio.training.optimizer import (
-    build_optimizer,
-    build_scheduler,
-    optimizer_config,
-    optimizer_step,
-)
+from megatron_mio.training.optimizer import build_optimizer, build_scheduler, optimizer_config, optimizer_step
 from megatron_mio.training.resume import check_schedule
 from megatron_mio.training.run import RunDescription, check_vocabulary, describe_run
 from megatron_mio.training.signals import ExitSignal

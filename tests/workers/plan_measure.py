@@ -29,10 +29,7 @@ def storages_of(tensors) -> dict[int, int]:
 
 def measure(spec: str, preset_name: str, vocab: int, seq: int, micro_batch: int) -> dict:
     from megatron.core import parallel_state, tensor_parallel
-    from megatron.core.distributed import (
-        DistributedDataParallel,
-        DistributedDataParallelConfig,
-    )
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig
 
     from megatron_mio.model.attention import attention_kwargs
