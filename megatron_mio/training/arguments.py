@@ -7,7 +7,9 @@ Our own flags: ``--data-config``, ``--tokenizer-model``, ``--model-preset``,
 
 ``--config FILE.yaml`` takes the same keys (``lr_warmup_fraction`` or ``lr-warmup-fraction``);
 flags given on the command line override the file.  A key that is not a flag is an error naming
-the file, the line and the key, so a typo in a stage config never silently falls back to a default.
+the file, the line and the key, so a typo in a stage config never silently falls back to a default
+(``config_file.py`` reads it).  :func:`build_configs` is the one place the flags become the frozen
+per-component configs of ``config.py``; nothing outside this module sees the argparse namespace.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-
-import yaml
 
 from megatron_mio.checkpoint.retention import RetentionPolicy
 from megatron_mio.model.attention import BACKENDS, available_backends, default_backend
@@ -34,6 +34,7 @@ from megatron_mio.training.config import (
     StopConfig,
     TrainingConfig,
 )
+from megatron_mio.training.config_file import ConfigFileError, config_defaults
 
 # Every ModelPreset field has a flag of the same name that overrides the preset.
 MODEL_OVERRIDES = tuple(field.name for field in dataclasses.fields(ModelPreset))
@@ -212,71 +213,6 @@ _FLAG_GROUPS = (
 )
 
 
-def _yaml_entries(path: str) -> list[tuple[str, object, int]]:
-    """(key, value, line) for each top-level entry of a YAML mapping."""
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    try:
-        root = yaml.compose(text)
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if root is None:
-        return []
-    if not isinstance(root, yaml.MappingNode) or not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of argument names to values")
-    return [(str(key.value), values[key.value] if key.value in values else None, key.start_mark.line + 1)
-            for key, _ in root.value]
-
-
-def _convert(action: argparse.Action, value, where: str):
-    """A YAML value as the flag's type (YAML reads 3e-5 as a string, so convert explicitly)."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value if isinstance(action, argparse._StoreTrueAction) else not value
-    if value is None:
-        return None
-    if action.nargs in ("*", "+"):
-        items = value if isinstance(value, list) else str(value).split()
-        return [_convert_scalar(action, item, where) for item in items]
-    return _convert_scalar(action, value, where)
-
-
-def _convert_scalar(action: argparse.Action, value, where: str):
-    if isinstance(value, (dict, list)):
-        raise ConfigError(f"{where}: expected a single value, got {value!r}")
-    if isinstance(value, bool) and action.type in (int, float):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if action.type is not None:
-        try:
-            value = action.type(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {value!r} is not a valid {action.type.__name__}") from None
-    else:
-        value = str(value)
-    if action.choices is not None and value not in action.choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {list(action.choices)}")
-    return value
-
-
-def config_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
-    """Parser defaults taken from a YAML file, with every key checked against the flags."""
-    by_dest: dict[str, argparse.Action] = {}
-    for action in parser._actions:
-        for option in action.option_strings:
-            if option.startswith("--"):
-                by_dest[option[2:].replace("-", "_")] = action
-    defaults = {}
-    for key, value, line in _yaml_entries(path):
-        where = f"{path}:{line}: key {key!r}"
-        action = by_dest.get(key.replace("-", "_"))
-        if action is None or key.replace("-", "_") == "config":
-            raise ConfigError(f"{path}:{line}: unknown key {key!r} (not a trainer argument)")
-        defaults[action.dest] = _convert(action, value, where)
-    return defaults
-
-
 def parse_flags(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags over ``--config`` over defaults, as given (nothing derived)."""
     parser = build_parser()
@@ -284,7 +220,10 @@ def parse_flags(argv: list[str] | None = None) -> argparse.Namespace:
     if first.config:
         if not os.path.exists(first.config):
             raise ConfigError(f"--config {first.config}: no such file")
-        parser.set_defaults(**config_defaults(parser, first.config))
+        try:
+            parser.set_defaults(**config_defaults(parser, first.config))
+        except ConfigFileError as err:
+            raise ConfigError(str(err)) from None
     return parser.parse_args(argv)
 
 
