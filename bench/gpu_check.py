@@ -131,9 +131,9 @@ def _world(device: str) -> torch.device:
 
 def _loss_and_grads(backend: str, s, state: dict | None, device):
     from megatron_mio.model import build_gpt_model, build_transformer_config, get_preset, padded_vocab_size
-    from megatron_mio.model.model_config import BF16
     from megatron_mio.model.attention import attention_kwargs
     from megatron_mio.model.fusions import plan_fusions
+    from megatron_mio.model.model_config import BF16
     from megatron_mio.training.mock_data import mock_pack
 
     preset = get_preset(s.width_preset).with_overrides(num_layers=s.layers)
@@ -212,6 +212,7 @@ def section_resume(s) -> list[tuple]:
 
 def section_throughput(s) -> list[tuple]:
     import bench_train
+
     from megatron_mio.training.metrics import peak_tflops
 
     args = SimpleNamespace(device=s.device, preset=s.bench_preset, num_layers=s.bench_layers, vocab_size=s.vocab,
