@@ -212,7 +212,6 @@ def section_resume(s) -> list[tuple]:
 
 def section_throughput(s) -> list[tuple]:
     import bench_train
-
     from megatron_mio.training.metrics import peak_tflops
 
     args = SimpleNamespace(device=s.device, preset=s.bench_preset, num_layers=s.bench_layers, vocab_size=s.vocab,

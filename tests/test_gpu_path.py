@@ -199,10 +199,7 @@ def test_varlen_call_matches_each_torch_signature(varlen, scale):
 
 def test_kernel_choice():
     from megatron_mio.model.document_attention import (
-        VarlenSignature,
-        choose_kernel,
-        flex_document_attention,
-        sdpa_per_document,
+        VarlenSignature, choose_kernel, flex_document_attention, sdpa_per_document,
     )
 
     with_gqa = (varlen_2_12, VarlenSignature.of(varlen_2_12))

@@ -18,15 +18,7 @@ import pytest
 
 from tests.distributed import REPO_ROOT, cpu_env
 from tests.trainer_runs import (
-    LAYOUTS,
-    TINY,
-    from_init,
-    layout_run,
-    metrics,
-    reference,
-    session_root,
-    straight_dp2,
-    train,
+    LAYOUTS, TINY, from_init, layout_run, metrics, reference, session_root, straight_dp2, train,
 )
 
 PARITY_RTOL = 2e-5
@@ -82,7 +74,6 @@ def test_iteration_line_and_metrics_fields(runs_root):
 def _write_corpus(tokenizer, prefix_dir):
     """Tiny indexed datasets of each data type, token ids from the real MIO tokenizer."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     from megatron_mio.data.synthetic import sample_text_lines
 
     rng = np.random.default_rng(0)
