@@ -55,6 +55,6 @@ setup(
     extras_require={
         # GPU extras: optional, imported only when present (apex: build from source, see README).
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
-        "test": ["pytest", "hypothesis", "matplotlib"],
+        "test": ["pytest", "hypothesis", "matplotlib", "wandb"],
     },
 )

@@ -40,6 +40,7 @@ def worker(out_dir: str, preset_name: str, seq: int, vocab: int, repeats: int, v
     from megatron_mio import platform
     from megatron_mio.model.attention import attention_kwargs
     from megatron_mio.model.gpt import build_gpt_model, build_transformer_config
+    from megatron_mio.model.model_config import ParallelLayout
     from megatron_mio.model.presets import get_preset
 
     platform.init_distributed(platform.setup(True))
@@ -47,7 +48,8 @@ def worker(out_dir: str, preset_name: str, seq: int, vocab: int, repeats: int, v
                                              virtual_pipeline_model_parallel_size=vp)
     tensor_parallel.model_parallel_cuda_manual_seed(1234)
     preset = get_preset(preset_name)
-    config = build_transformer_config(preset, pipeline_parallel_size=PP, virtual_pipeline_parallel_size=vp)
+    config = build_transformer_config(preset, ParallelLayout(pipeline_model_parallel_size=PP,
+                                                             virtual_pipeline_model_parallel_size=vp))
     chunks = []
     for index in range(vp or 1):
         vp_stage = index if vp else None

@@ -43,7 +43,8 @@ from child_process import child_env, run_child  # noqa: E402
 
 from megatron_mio.model.presets import get_preset, padded_vocab_size  # noqa: E402
 from megatron_mio.tokenizer.vocab import MIO_VOCAB_SIZE_FOR_YI  # noqa: E402
-from megatron_mio.training.metrics import forward_flops_per_token, peak_tflops  # noqa: E402
+from megatron_mio.model.flops import forward_flops_per_token  # noqa: E402
+from megatron_mio.training.metrics import peak_tflops  # noqa: E402
 from megatron_mio.training.mock_data import mock_pack  # noqa: E402
 
 MICRO_BATCHES = 16  # per optimizer step, as the stage configs accumulate
@@ -89,9 +90,10 @@ def run_ours(args, preset) -> dict:
     tokens = len(timed) * micro_batches * args.micro_batch_size * args.seq_length  # mock packs are full
     flops = sum(r["tflops_per_gpu"] * r["elapsed_ms_per_iteration"] / 1000.0 for r in timed) * 1e12
     return _summary([r["elapsed_ms_per_iteration"] / 1000 for r in timed],
-                    [r["forward_backward_ms_per_iteration"] / 1000 for r in timed],
-                    [r["optimizer_ms_per_iteration"] / 1000 for r in timed], tokens, flops,
-                    records[-1].get("max_memory_allocated_bytes"),
+                    [r["time_forward_backward_ms"] / 1000 for r in timed],
+                    [r["time_optimizer_ms"] / 1000 for r in timed], tokens, flops,
+                    # the trainer's peak (max over ranks): the allocator's on a GPU, RSS on the CPU
+                    records[-1]["peak_memory_mb"] * 2**20 if args.device != "cpu" else None,
                     recompiles=proc.stderr.count("Recompiling function"), micro_batches=micro_batches,
                     final_loss=timed[-1]["loss"])
 

@@ -234,11 +234,12 @@ def _loss_and_grads(backend: str, s, state: dict | None, device):
     from megatron_mio.model import build_gpt_model, build_transformer_config, get_preset, padded_vocab_size
     from megatron_mio.model.attention import attention_kwargs
     from megatron_mio.model.fusions import plan_fusions
+    from megatron_mio.model.model_config import BF16
     from megatron_mio.training.mock_data import mock_pack
 
     preset = get_preset(s.width_preset).with_overrides(num_layers=s.layers)
     refused = ("bias_activation_fusion", "bias_dropout_fusion") if device.type == "cpu" else ()
-    config = build_transformer_config(preset, bf16=True, fusions=plan_fusions(backend, device.type, refused))
+    config = build_transformer_config(preset, precision=BF16, fusions=plan_fusions(backend, device.type, refused))
     config.calculate_per_token_loss = True
     vocab = padded_vocab_size(s.vocab)
     model = build_gpt_model(config, preset, vocab, attention_backend=backend).to(device)

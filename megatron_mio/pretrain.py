@@ -22,14 +22,19 @@ def split_common_flags(argv: list[str]):
 def main(argv=None) -> int:
     common, trainer_argv = split_common_flags(sys.argv[1:] if argv is None else list(argv))
     cli.quiet_libraries(common.verbose)  # before torch and megatron-core are imported
+    from megatron_mio.checkpoint.discovery import CheckpointError
     from megatron_mio.training.arguments import ConfigError
+    from megatron_mio.training.checkpointing import CheckpointWriteError
     from megatron_mio.training.trainer import pretrain
 
     try:
         pretrain(trainer_argv)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         cli.report_input_error(err)  # one line, rank 0 only
         return cli.EXIT_INPUT_ERROR
+    except CheckpointWriteError as err:  # not the user's input: the disk (full, gone) failed
+        cli.report_input_error(err)
+        return 1
     return 0
 
 

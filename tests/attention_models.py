@@ -11,6 +11,7 @@ from megatron.core import parallel_state, tensor_parallel
 
 from megatron_mio.model import build_gpt_model, build_transformer_config, get_preset
 from megatron_mio.model.attention import attention_kwargs
+from megatron_mio.model.model_config import ParallelLayout
 
 VOCAB = 256  # a multiple of 128 x TP for TP <= 2: no padding rows to think about
 SEED = 1234
@@ -20,10 +21,7 @@ def build_tiny_model(backend: str, *, tp: int = 1, pp: int = 1, num_query_groups
                      pre_process: bool = True, post_process: bool = True, seed: int = SEED):
     """The ``tiny`` preset (2 layers, 4 heads) with the same master weights for every layout."""
     preset = get_preset("tiny").with_overrides(num_query_groups=num_query_groups)
-    config = build_transformer_config(
-        preset, tensor_parallel_size=tp, pipeline_parallel_size=pp,
-        deterministic_init=True,
-    )
+    config = build_transformer_config(preset, ParallelLayout(tp, pp), deterministic_init=True)
     torch.manual_seed(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     model = build_gpt_model(

@@ -10,7 +10,6 @@ traceback from the trainer.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -18,15 +17,17 @@ import pytest
 
 from megatron_mio.checkpoint.layout import iteration_dir
 from megatron_mio.training.arguments import ConfigError, parse_args
-from megatron_mio.training.checkpointing import CheckpointError, find_checkpoint
+from megatron_mio.training.checkpointing import CheckpointError
+from megatron_mio.training.checkpointing import resume_point as find_checkpoint
+from megatron_mio.training.config import CheckpointConfig
 from tests.distributed import run_torchrun
 from tests.trainer_runs import TINY, train
 
 BASE = ["--mock-data", "--vocab-size", "300", "--train-iters", "2", "--model-preset", "tiny", "--seq-length", "64"]
 
 
-def load_args(load, *extra) -> argparse.Namespace:
-    return parse_args([*BASE, "--load", str(load), *extra], world_size=1)
+def load_args(load, *extra) -> CheckpointConfig:
+    return parse_args([*BASE, "--load", str(load), *extra], world_size=1).checkpoint
 
 
 @pytest.fixture(scope="module")

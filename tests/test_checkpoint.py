@@ -101,7 +101,7 @@ def test_reshard_to_tp1_pp1_next_loss_matches(runs_root, source):
     (1, 256, 384),             # fewer rows than the vocabulary: own padding
 ])
 def test_padded_vocab_for_load(tp, saved, expected):
-    from megatron_mio.training.checkpointing import padded_vocab_for_load
+    from megatron_mio.model.vocab_padding import padded_vocab_for_load
 
     layout = None if saved is None else {"padded_vocab_size": saved}
     assert padded_vocab_for_load(300, 128, tp, layout) == expected

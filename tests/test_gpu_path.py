@@ -134,13 +134,14 @@ def test_the_fusion_gates_matter(megatron_cpu_world):
     from megatron.core.transformer import TransformerConfig
 
     from megatron_mio.model import build_gpt_model, build_transformer_config, get_preset
+    from megatron_mio.model.model_config import BF16
 
     preset = get_preset("tiny")
-    config = build_transformer_config(preset, bf16=True)
+    config = build_transformer_config(preset, precision=BF16)
     config.persist_layer_norm = True
     with pytest.raises(AssertionError, match="persist_layer_norm"):
         build_gpt_model(config, preset, 384, attention_backend="torch")
-    config = build_transformer_config(preset, bf16=True)
+    config = build_transformer_config(preset, precision=BF16)
     config.masked_softmax_fusion = True
     model = build_gpt_model(config, preset, 384, attention_backend="local").bfloat16()
     tokens = torch.zeros(1, 64, dtype=torch.long)
@@ -310,7 +311,7 @@ def test_torch_adam_fixes_leave_a_fused_adam_alone(megatron_cpu_world, monkeypat
 
     from megatron_mio.model import build_gpt_model, build_transformer_config, get_preset
     from megatron_mio.training.arguments import parse_args
-    from megatron_mio.training.optimizer import build_optimizer, initialize_empty_state
+    from megatron_mio.training.optimizer import build_optimizer, initialize_empty_state, optimizer_config
 
     monkeypatch.setattr(mcore_optimizer, "USING_PYTORCH_OPTIMIZER", False)
     monkeypatch.setattr(mcore_optimizer, "Adam", FusedAdamStandIn)
@@ -320,9 +321,9 @@ def test_torch_adam_fixes_leave_a_fused_adam_alone(megatron_cpu_world, monkeypat
     config = build_transformer_config(preset)
     model = build_gpt_model(config, preset, 384, attention_backend="torch")
     ddp = DistributedDataParallel(config, DistributedDataParallelConfig(use_distributed_optimizer=True), model)
-    args = parse_args(["--mock-data", "--vocab-size", "300", "--train-iters", "1", "--use-distributed-optimizer"],
-                      world_size=1)
-    optimizer = build_optimizer(args, [ddp])
+    config = parse_args(["--mock-data", "--vocab-size", "300", "--train-iters", "1", "--use-distributed-optimizer"],
+                        world_size=1)
+    optimizer = build_optimizer(optimizer_config(config.optim, config.precision, distributed=True), [ddp])
     inner = optimizer.optimizer
     assert isinstance(inner, FusedAdamStandIn)
     initialize_empty_state(optimizer)  # before a load: nothing to add for a fused Adam
@@ -370,22 +371,24 @@ def test_bare_srun_of_several_tasks_is_refused():
 def test_bf16_reduces_gradients_in_fp32():
     from megatron_mio.training.arguments import parse_args
 
-    args = parse_args(["--mock-data", "--vocab-size", "300", "--train-iters", "1", "--bf16"], world_size=1)
-    assert args.accumulate_allreduce_grads_in_fp32
-    args = parse_args(["--mock-data", "--vocab-size", "300", "--train-iters", "1"], world_size=1)
-    assert not args.accumulate_allreduce_grads_in_fp32
+    precision = parse_args(["--mock-data", "--vocab-size", "300", "--train-iters", "1", "--bf16"], world_size=1).precision
+    assert precision.grad_reduce_in_fp32
+    precision = parse_args(["--mock-data", "--vocab-size", "300", "--train-iters", "1"], world_size=1).precision
+    assert not precision.grad_reduce_in_fp32
 
 
 def test_device_rng_state_from_another_device_is_not_loaded(megatron_cpu_world, caplog):
-    from megatron_mio.training import checkpointing
+    from megatron_mio import platform
+    from megatron_mio.checkpoint.rng import capture_rng_state, restore_rng_state
 
+    device_type = platform.setup(use_cpu=True).rng_device_type
     torch.manual_seed(3)
-    state = checkpointing._rng_state()
+    state = capture_rng_state(device_type)
     assert state["device_type"] == "cpu"
     expected = torch.rand(3)
     torch.manual_seed(4)
     gpu_state = {**state, "device_type": "cuda", "device": torch.zeros(16, dtype=torch.uint8), "tracker": None}
-    checkpointing._set_rng_state(gpu_state)  # torch.cuda.set_rng_state would reject these bytes
+    restore_rng_state(gpu_state, device_type)  # torch.cuda.set_rng_state would reject these bytes
     assert torch.equal(torch.rand(3), expected)  # the host streams are restored all the same
     assert "re-seeded, not restored" in caplog.text
 

@@ -20,7 +20,7 @@ import torch
 
 from megatron_mio.checkpoint.layout import iteration_dir, write_tracker
 from megatron_mio.training.arguments import ConfigError, parse_args
-from megatron_mio.training.checkpointing import find_checkpoint
+from megatron_mio.training.checkpointing import resume_point
 from megatron_mio.training.resume import check_schedule
 from tests.test_checkpoint import read_checkpoint
 from tests.trainer_runs import train
@@ -55,7 +55,7 @@ def runs(request, tmp_path_factory):
     # The same resume without the flag, checked before the resumed run saves iteration 5 there.
     refused = parse_args([*RUN, *optimizer, *NEW, "--load", str(ckpt)], world_size=nproc)
     with pytest.raises(ConfigError) as refusal:
-        check_schedule(refused, find_checkpoint(refused))
+        check_schedule(refused.optim, refused.checkpoint, resume_point(refused.checkpoint))
     resumed = train(root, "resumed", nproc, [*optimizer, *NEW, "--override-opt_param-scheduler",
                                              "--load", ckpt, "--save", ckpt], base=RUN)
     return {"straight": straight, "resumed": resumed, "refusal": str(refusal.value), "r4_dir": iteration_dir(ckpt, 4),

@@ -150,3 +150,25 @@ def test_non_finite_loss_is_skipped_counted_and_stops_after_limit(runs_root, tmp
     assert proc.returncode == 3, proc.stdout[-5000:] + proc.stderr[-5000:]
     assert "3 iterations in a row had a non-finite loss or gradient" in proc.stdout
     assert "--max-skipped-iterations-in-a-row 3" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_skipped_iterations_count_survives_a_resume(runs_root, tmp_path):
+    """TrainState is what a checkpoint restores: the skipped total continues after a resume."""
+    script = REPO_ROOT / "tests" / "workers" / "train_nonfinite.py"
+    save = tmp_path / "ckpt"
+    common = [*TINY, "--global-batch-size", "2", "--attention-backend", "local", "--save", str(save)]
+
+    def run(bad, iters, metrics_file, extra):
+        proc = subprocess.run(
+            [sys.executable, str(script), bad, "2", "--", *common, "--train-iters", str(iters),
+             "--metrics-file", str(metrics_file), *extra],
+            cwd=REPO_ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+        return {r["iteration"]: r for r in metrics(metrics_file)}
+
+    run("2", 3, tmp_path / "first.jsonl", [])
+    resumed = run("", 4, tmp_path / "resumed.jsonl", ["--load", str(save)])
+    assert resumed[4]["skipped_iterations"] == 0 and resumed[4]["total_skipped_iterations"] == 1

@@ -41,6 +41,7 @@ DESCRIPTION_KEY = "args"
 OPTIMIZER_KEY = "optimizer"
 SCHEDULER_KEY = "opt_param_scheduler"
 RNG_KEY = "rng_state"
+TRAIN_STATE_KEY = "train_state"  # the trainer's counters beyond iteration and consumed samples
 
 
 def iteration_dir(root: str | os.PathLike, iteration: int) -> Path:
@@ -52,10 +53,13 @@ def model_keys(num_chunks: int) -> list[str]:
     return ["model"] if num_chunks == 1 else [f"model{i}" for i in range(num_chunks)]
 
 
-def common_state(iteration: int, consumed_samples: int, description: dict) -> dict:
-    """The non-sharded entries every checkpoint carries."""
-    return {ITERATION_KEY: iteration, CONSUMED_SAMPLES_KEY: consumed_samples,
-            VERSION_KEY: CHECKPOINT_VERSION, DESCRIPTION_KEY: description}
+def common_state(iteration: int, consumed_samples: int, description: dict, counters: dict | None = None) -> dict:
+    """The non-sharded entries every checkpoint carries (``counters``: the trainer's, if it saves)."""
+    state = {ITERATION_KEY: iteration, CONSUMED_SAMPLES_KEY: consumed_samples,
+             VERSION_KEY: CHECKPOINT_VERSION, DESCRIPTION_KEY: description}
+    if counters is not None:
+        state[TRAIN_STATE_KEY] = counters
+    return state
 
 
 def read_tracker(root: str | os.PathLike) -> int | None:

@@ -60,11 +60,13 @@ def _load_model_chunk(checkpoint_dir, description: dict, tp: int, pp: int, backe
     from megatron.core import dist_checkpointing, parallel_state
 
     from megatron_mio.model import build_gpt_model, build_transformer_config
+    from megatron_mio.model.model_config import FP32, ParallelLayout
     from megatron_mio.model.vocab_padding import mask_vocab_padding
 
     preset = preset_of(description)
     padded = description.get("padded_vocab_size") or padded_vocab_size(description["vocab_size"], tensor_parallel_size=tp)
-    config = build_transformer_config(preset, tensor_parallel_size=tp, pipeline_parallel_size=pp)
+    # The trainer's own builder: the model compared is the one training runs (fp32, no fusions).
+    config = build_transformer_config(preset, ParallelLayout(tp, pp), FP32)
     model = build_gpt_model(
         config, preset, padded, attention_backend=backend,
         pre_process=parallel_state.is_pipeline_first_stage(),

@@ -6,38 +6,34 @@ parallel layout and one attention backend (see ``attention.py``).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
 from megatron_mio.model.attention import check_document_masking, layer_spec
 from megatron_mio.model.fusions import NO_FUSIONS, Fusions
+from megatron_mio.model.model_config import FP32, NO_RECOMPUTE, SINGLE_RANK, ParallelLayout, Precision, Recompute
 from megatron_mio.model.presets import ModelPreset
 
 
 def build_transformer_config(
     preset: ModelPreset,
+    layout: ParallelLayout = SINGLE_RANK,
+    precision: Precision = FP32,
     *,
-    tensor_parallel_size: int = 1,
-    pipeline_parallel_size: int = 1,
-    virtual_pipeline_parallel_size: int | None = None,
-    sequence_parallel: bool = False,
-    bf16: bool = False,
-    recompute_granularity: str | None = None,
-    recompute_method: str | None = None,
-    recompute_num_layers: int | None = None,
+    recompute: Recompute = NO_RECOMPUTE,
     fusions: Fusions = NO_FUSIONS,
     deterministic_init: bool = False,
 ) -> TransformerConfig:
-    """A TransformerConfig with Llama semantics (RMSNorm, SwiGLU, GQA, no biases).
+    """The one TransformerConfig of a model, complete: Llama semantics (RMSNorm, SwiGLU, GQA, no
+    biases) in ``layout`` and ``precision``; the trainer and the parity check both build it here.
 
     ``fusions`` come from :func:`megatron_mio.model.fusions.plan_fusions` (what imports);
     the default, none, is the plain reference the parity tests use.  ``deterministic_init``
     initialises every weight on the CPU as the unsplit master weight, so any TP layout starts
-    from the same numbers for a given seed.
+    from the same numbers for a given seed.  The loss is per token (``step.py``).
     """
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    interleaved = layout.virtual_pipeline_model_parallel_size is not None
     return TransformerConfig(
         num_layers=preset.num_layers,
         hidden_size=preset.hidden_size,
@@ -56,20 +52,38 @@ def build_transformer_config(
         attention_dropout=0.0,
         attention_softmax_in_fp32=True,
         **fusions.config_fields(),
-        tensor_model_parallel_size=tensor_parallel_size,
-        pipeline_model_parallel_size=pipeline_parallel_size,
-        virtual_pipeline_model_parallel_size=virtual_pipeline_parallel_size,
-        sequence_parallel=sequence_parallel,
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        bf16=bf16,
-        recompute_granularity=recompute_granularity,
-        recompute_method=recompute_method,
-        recompute_num_layers=recompute_num_layers,
+        tensor_model_parallel_size=layout.tensor_model_parallel_size,
+        pipeline_model_parallel_size=layout.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=layout.virtual_pipeline_model_parallel_size,
+        sequence_parallel=layout.sequence_parallel,
+        params_dtype=precision.dtype,
+        pipeline_dtype=precision.dtype,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        recompute_granularity=recompute.granularity,
+        recompute_method=recompute.method,
+        recompute_num_layers=recompute.num_layers,
         use_cpu_initialization=deterministic_init,
+        calculate_per_token_loss=True,
         # Packs from different datasets share one shape, but pipeline p2p must not assume it.
         variable_seq_lengths=False,
+        **_pipeline_p2p(interleaved),
     )
+
+
+def _pipeline_p2p(interleaved: bool) -> dict:
+    """How pipeline stages exchange tensors: Megatron-LM's choice, separate sends for VPP.
+
+    The interleaved schedule's steady state sends an activation to the next stage and a gradient
+    to the previous one in the same call.  With two pipeline ranks both are the same peer, and
+    megatron-core's batched p2p (``batch_p2p_comm``, TransformerConfig's default) posts them as
+    untagged sends in the order [prev, next] on both sides: the peer's "from previous" receive gets
+    the gradient and its "from next" receive the activation (same shape, so no error, only wrong
+    numbers; NVIDIA/Megatron-LM#750, #1450; NCCL matches same-peer ops in order too).  The
+    overlapped, unbatched p2p (Megatron-LM's default for interleaving) sends the two directions on
+    different process groups, so they cannot cross.
+    """
+    return {"overlap_p2p_comm": interleaved, "batch_p2p_comm": not interleaved}
 
 
 def build_gpt_model(

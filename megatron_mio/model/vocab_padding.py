@@ -11,8 +11,36 @@ sampling from these logits see only the real vocabulary; their gradient is then 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 from megatron.core.models.gpt import GPTModel
 from megatron.core.parallel_state import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+from megatron_mio.model.presets import padded_vocab_size
+
+log = logging.getLogger(__name__)
+
+
+def padded_vocab_for_load(vocab_size: int, divisible_by: int, tensor_parallel_size: int,
+                          saved: Mapping | None) -> int:
+    """A run's padded vocabulary: the checkpoint's (``saved``: its model description, or None),
+    when this tensor-parallel size can shard it.
+
+    Padding depends on the TP size (``padded_vocab_size``), and padding rows that the checkpoint
+    does not have would keep their fresh initialisation and take part in the softmax.  Adopting
+    the saved size (when it divides by this TP size and holds the whole vocabulary) makes a
+    reshard exact; otherwise the run pads its own way and the checkpoint load warns.
+    """
+    own = padded_vocab_size(vocab_size, divisible_by, tensor_parallel_size)
+    recorded = (saved or {}).get("padded_vocab_size")
+    if recorded is None or recorded == own:
+        return own
+    if recorded >= vocab_size and recorded % tensor_parallel_size == 0:
+        log.info("using the checkpoint's padded vocabulary of %d rows (this layout alone would pad %d to %d)",
+                 recorded, vocab_size, own)
+        return recorded
+    return own
 
 
 def padding_columns(width: int, first_column: int, vocab_size: int) -> slice | None:

@@ -35,13 +35,16 @@ from megatron_mio.planner.step_time import (
     predict,
 )
 
-# The trainer's time split of a step, milliseconds per iteration, as --metrics-file names them.
-# Each is optional: a calibration uses the ones present.
+# The trainer's time split of a step (``--timing-log-level``, megatron_mio/training/timers.py):
+# milliseconds per iteration, max over ranks, as --metrics-file names them.  Each is optional: a
+# calibration uses the ones present.  The trainer's forward-backward includes the exposed
+# gradient reduction (megatron-core finalises the gradients inside the schedule); measured_run
+# takes it out, so that "forward_backward" here is compute and TP communication only.
 TIME_SPLIT_FIELDS = {
-    "data_wait": "data_wait_ms_per_iteration",
-    "forward_backward": "forward_backward_ms_per_iteration",  # without the exposed grad reduction
-    "grad_reduce": "grad_reduce_exposed_ms_per_iteration",
-    "optimizer": "optimizer_ms_per_iteration",
+    "data_wait": "time_data_wait_ms",
+    "forward_backward": "time_forward_backward_ms",
+    "grad_reduce": "time_grad_reduce_exposed_ms",
+    "optimizer": "time_optimizer_ms",
 }
 REQUIRED_FIELDS = ("elapsed_ms_per_iteration", "tokens_per_second", "tflops_per_gpu", "global_batch_size")
 
@@ -104,6 +107,8 @@ def measured_run(records: list[dict], layout: Layout) -> MeasuredRun:
 
     split = {name: median(key) for name, key in TIME_SPLIT_FIELDS.items()
              if all(isinstance(r.get(key), (int, float)) for r in timed)}
+    if "forward_backward" in split and "grad_reduce" in split:
+        split["forward_backward"] -= split["grad_reduce"]
     return MeasuredRun(layout, median("elapsed_ms_per_iteration"), median("tokens_per_second"),
                        median("tflops_per_gpu"), int(timed[-1]["global_batch_size"]), split, len(timed))
 

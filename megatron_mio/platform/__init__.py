@@ -26,18 +26,15 @@ class Platform:
     backend: str  # torch.distributed backend
     use_cpu: bool
 
+    @property
+    def rng_device_type(self) -> str:
+        """Which generator ``torch.cuda``'s RNG calls reach: the GPU's, or (CPU redirection) the host's."""
+        return "cpu" if self.use_cpu else "cuda"
+
 
 def cpu_requested(flag: bool = False) -> bool:
     """``--use-cpu`` or ``MIO_USE_CPU=1`` in the environment."""
     return bool(flag) or os.environ.get(ENV_USE_CPU, "") not in ("", "0")
-
-
-def cpu_redirection_enabled() -> bool:
-    """Whether this process runs megatron-core on the CPU (``torch.cuda`` calls redirected)."""
-    import sys
-
-    cpu = sys.modules.get("megatron_mio.platform.cpu")
-    return bool(cpu is not None and cpu.is_enabled())
 
 
 def local_device_index(environ=os.environ, device_count: int | None = None) -> int:

@@ -23,35 +23,59 @@ State-dict keys (what ``iter_N`` holds):
 consumed samples, from the latest complete iteration or ``--ckpt-step N``.  ``--finetune`` takes
 the model weights only.  A ``--load`` without a checkpoint is an error unless
 ``--allow-missing-checkpoint``; a checkpoint whose files are shorter than its index says is an
-error naming the file and the earlier iterations to fall back to (``find_checkpoint``).
+error naming the file and the earlier iterations to fall back to (``megatron_mio.checkpoint.discovery``).
+RNG capture: ``megatron_mio.checkpoint.rng``; the padded vocabulary a resume adopts:
+``megatron_mio.model.vocab_padding.padded_vocab_for_load``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
+import socket
 import threading
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
 
-import numpy as np
 import torch
-from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
-from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.serialization import StrictHandling
 from megatron.core.utils import unwrap_model
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_mio.checkpoint.description import (
-    PARALLEL_FIELDS, ModelDescription, describe_model, read_description, saved_layout,
+    PARALLEL_FIELDS,
+    ModelDescription,
+    describe_model,
+    read_description,
+    saved_layout,
 )
+from megatron_mio.checkpoint.discovery import CheckpointError, ResumePoint, find_checkpoint
 from megatron_mio.checkpoint.layout import (
-    CONSUMED_SAMPLES_KEY, ITERATION_KEY, OPTIMIZER_KEY, RNG_KEY, SCHEDULER_KEY, TRACKER, common_state,
-    iteration_dir, model_keys, read_tracker, saved_iterations, write_tracker,
+    CONSUMED_SAMPLES_KEY,
+    ITERATION_KEY,
+    OPTIMIZER_KEY,
+    RNG_KEY,
+    SCHEDULER_KEY,
+    TRACKER,
+    TRAIN_STATE_KEY,
+    common_state,
+    iteration_dir,
+    model_keys,
+    read_tracker,
+    write_tracker,
 )
-from megatron_mio.model import padded_vocab_size
+from megatron_mio.checkpoint.retention import apply_retention
+from megatron_mio.checkpoint.rng import capture_rng_state, restore_rng_state, rng_sharded_object
 from megatron_mio.training.arguments import ConfigError
+from megatron_mio.training.config import CheckpointConfig
 from megatron_mio.training.resume import loads_schedule, retarget_param_groups
+from megatron_mio.training.run import RunDescription
+from megatron_mio.training.state import TrainState
+
+__all__ = ["CheckpointError", "Checkpointer", "ResumePoint", "resume_point"]
 
 log = logging.getLogger(__name__)
 
@@ -69,171 +93,42 @@ def saved_optimizer_metadata(directory: str) -> dict:
     return dist_checkpointing.load_content_metadata(directory) or dict(FULLY_RESHARDABLE)
 
 
-def _rng_device_type() -> str:
-    """Which generator ``torch.cuda``'s RNG calls reach here: the GPU's, or (--use-cpu) the CPU's."""
-    from megatron_mio.platform import cpu_redirection_enabled
-
-    return "cpu" if cpu_redirection_enabled() else "cuda"
-
-
-def _rng_state() -> dict:
-    return {
-        "random": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "device_type": _rng_device_type(),
-        "device": torch.cuda.get_rng_state(),
-        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["random"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    saved_on = state.get("device_type", "cuda")
-    if saved_on != _rng_device_type():
-        # A CUDA generator state is a (seed, offset) pair, a CPU one a Mersenne twister: neither
-        # loads into the other (torch.cuda.set_rng_state raises), so the device streams restart.
-        log.warning("the checkpoint's device RNG state was saved on %s, this run uses %s: device RNG "
-                    "streams (dropout) are re-seeded, not restored", saved_on, _rng_device_type())
+def check_save_directory(save: str | None) -> None:
+    """``--save`` can be written: checked at start (a probe file written and removed), not at the first save."""
+    if not save:
         return
-    torch.cuda.set_rng_state(state["device"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    probe = os.path.join(save, f".write_probe.{socket.gethostname()}.{os.getpid()}")
+    try:
+        os.makedirs(save, exist_ok=True)
+        with open(probe, "w", encoding="utf-8") as handle:
+            handle.write("probe")
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"--save {save}: cannot write there ({err.strerror or err}); choose a directory this "
+                          f"job can write") from None
 
 
-def _rng_sharded_object(state) -> ShardedObject:
-    pp, tp = parallel_state.get_pipeline_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_world_size()
-    return ShardedObject(
-        RNG_KEY, state, (pp, tp),
-        (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()),
-        replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True),
-    )
+def resume_point(config: CheckpointConfig) -> ResumePoint | None:
+    """The checkpoint ``--load`` / ``--ckpt-step`` name (see ``megatron_mio.checkpoint.discovery``)."""
+    return find_checkpoint(config.load, config.ckpt_step, allow_missing=config.allow_missing_checkpoint,
+                           finetune=config.finetune)
 
 
-def layout(args, run) -> ModelDescription:
-    """What a checkpoint of this run records about its model and layout (``run``: a ``RunDescription``)."""
+def describe_checkpoint(run: RunDescription) -> ModelDescription:
+    """What a checkpoint of this run records about its model and layout."""
+    layout = run.layout
     return describe_model(
         run.preset, run.vocab_size, run.padded_vocab_size,
-        layout=saved_layout(tensor_parallel=run.tensor_parallel_size,
-                            pipeline_parallel=run.pipeline_parallel_size,
-                            virtual_pipeline=run.virtual_pipeline_parallel_size,
-                            data_parallel=run.data_parallel_size, seq_length=run.seq_length, bf16=args.bf16),
+        layout=saved_layout(tensor_parallel=layout.tensor_model_parallel_size,
+                            pipeline_parallel=layout.pipeline_model_parallel_size,
+                            virtual_pipeline=layout.virtual_pipeline_model_parallel_size,
+                            data_parallel=layout.data_parallel_size, seq_length=run.batch.seq_length,
+                            bf16=run.precision.bf16),
     )
 
 
-class CheckpointError(ConfigError):
-    """``--load`` names no usable checkpoint (missing, incomplete or damaged)."""
-
-
-@dataclass
-class ResumePoint:
-    """The checkpoint a run starts from, found and checked before anything is built."""
-
-    iteration: int
-    directory: str
-    common: dict  # the non-sharded state: iteration, consumed samples, schedule, the description
-
-    @property
-    def layout(self) -> ModelDescription | None:
-        """The model description the checkpoint records (with the layout that saved it)."""
-        return read_description(self.common)
-
-
-def find_checkpoint(args) -> ResumePoint | None:
-    """``--load``'s checkpoint (``--ckpt-step``, else the latest complete one), or None when
-    ``--allow-missing-checkpoint`` lets a run start without one.
-
-    Reads only files (no process group, no model), so every rank reaches the same verdict and a
-    bad ``--load`` fails in seconds, naming the directory, the iteration and the file.
-    """
-    root = args.load
-    if not root:
-        return None
-    if args.ckpt_step is not None:
-        iteration = args.ckpt_step
-        if not iteration_dir(root, iteration).is_dir():
-            raise CheckpointError(f"--ckpt-step {iteration}: {iteration_dir(root, iteration)} does not exist "
-                                  f"(iterations saved in {root}: {_listing(root)})")
-    else:
-        try:
-            iteration = read_tracker(root)
-        except ValueError as err:
-            raise CheckpointError(f"--load {root}: {err}; pass --ckpt-step N to choose an iteration "
-                                  f"({_listing(root)})") from None
-        if iteration is None:
-            if args.finetune or not args.allow_missing_checkpoint:
-                purpose = "to take the weights from (--finetune)" if args.finetune else "to resume from"
-                hint = "" if args.finetune else "; pass --allow-missing-checkpoint to start from scratch when there is none yet"
-                raise CheckpointError(f"--load {root}: no checkpoint {purpose} ({TRACKER} is missing; "
-                                      f"iterations saved: {_listing(root)}){hint}")
-            log.warning("no checkpoint in %s (%s missing): starting from scratch (--allow-missing-checkpoint)",
-                        root, TRACKER)
-            return None
-    directory = str(iteration_dir(root, iteration))
-    check_checkpoint_files(root, iteration)
-    try:
-        common = dist_checkpointing.load_common_state_dict(directory)
-    except Exception as err:  # noqa: BLE001 - any failure to read it means the same to the user
-        raise CheckpointError(_damaged(root, iteration, f"its common state cannot be read ({type(err).__name__}: {err})")) from None
-    return ResumePoint(iteration, directory, common)
-
-
-def check_checkpoint_files(root: str, iteration: int) -> None:
-    """Every file of a torch_dist checkpoint is present and as long as its index says."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    directory = str(iteration_dir(root, iteration))
-    try:
-        metadata = FileSystemReader(directory).read_metadata()
-    except Exception as err:  # noqa: BLE001 - missing, truncated or not a pickle
-        raise CheckpointError(_damaged(root, iteration, f"its index {os.path.join(directory, '.metadata')} cannot be read "
-                                                        f"({type(err).__name__}: {err})")) from None
-    needed: dict[str, int] = {}
-    for item in metadata.storage_data.values():
-        needed[item.relative_path] = max(needed.get(item.relative_path, 0), item.offset + item.length)
-    for name, length in sorted(needed.items()):
-        path = os.path.join(directory, name)
-        size = os.path.getsize(path) if os.path.isfile(path) else None
-        if size is None or size < length:
-            found = "is missing" if size is None else f"has {size} bytes"
-            raise CheckpointError(_damaged(root, iteration, f"{path} {found}, its index needs {length}"))
-
-
-def _listing(root: str) -> str:
-    iterations = saved_iterations(root)
-    return ", ".join(str(i) for i in iterations) if iterations else "none"
-
-
-def _damaged(root: str, iteration: int, what: str) -> str:
-    earlier = [i for i in saved_iterations(root) if i < iteration]
-    fallback = (f"resume from an earlier one with --ckpt-step {earlier[-1]} (saved: {', '.join(map(str, earlier))})"
-                if earlier else f"there is no earlier checkpoint in {root}: restore the file or start without --load")
-    return f"checkpoint iteration {iteration} in {root} is damaged: {what}; {fallback}"
-
-
-def padded_vocab_for_load(vocab_size: int, divisible_by: int, tensor_parallel_size: int,
-                          saved: ModelDescription | None) -> int:
-    """This run's padded vocabulary: the checkpoint's, when this tensor-parallel size can shard it.
-
-    Padding depends on the TP size (``padded_vocab_size``), and padding rows that the checkpoint
-    does not have would keep their fresh initialisation and take part in the softmax.  Adopting
-    the saved size (when it divides by this TP size and holds the whole vocabulary) makes a
-    reshard exact; otherwise the run pads its own way and ``Checkpointer.load`` warns.
-    """
-    own = padded_vocab_size(vocab_size, divisible_by, tensor_parallel_size)
-    recorded = (saved or {}).get("padded_vocab_size")
-    if recorded is None or recorded == own:
-        return own
-    if recorded >= vocab_size and recorded % tensor_parallel_size == 0:
-        log.info("using the checkpoint's padded vocabulary of %d rows (this layout alone would pad %d to %d)",
-                 recorded, vocab_size, own)
-        return recorded
-    return own
-
-
-def sharded_state_dict(args, model, optimizer=None, scheduler=None, *, is_loading=False, rng=True,
-                       optimizer_meta: dict | None = None) -> dict:
+def sharded_state_dict(model, optimizer=None, scheduler=None, *, optimizer_meta: dict, is_loading=False,
+                       rng_state: dict | None = None, rng: bool = True) -> dict:
     chunks = unwrap_model(model)
     state = {}
     model_state = {}
@@ -242,24 +137,73 @@ def sharded_state_dict(args, model, optimizer=None, scheduler=None, *, is_loadin
         model_state[key] = state[key]
     if optimizer is not None:
         # Nested per chunk: with a virtual pipeline the chunks' local parameter names coincide.
-        metadata = optimizer_meta if optimizer_meta is not None else optimizer_metadata(args.dist_ckpt_optim_fully_reshardable)
-        state[OPTIMIZER_KEY] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=metadata)
+        state[OPTIMIZER_KEY] = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=optimizer_meta)
     if scheduler is not None:
         state[SCHEDULER_KEY] = scheduler.state_dict()
     if rng:
-        state[RNG_KEY] = _rng_sharded_object(_rng_state() if not is_loading else None)
+        state[RNG_KEY] = rng_sharded_object(rng_state)
     return state
+
+
+class CheckpointWriteError(RuntimeError):
+    """A save failed (the run stops; the previous checkpoint and the tracker are intact)."""
+
+
+def _write_failure(root: str, iteration: int, directory: str, needed: int, err: Exception) -> str:
+    previous = read_tracker(root)
+    if previous is not None:  # the last checkpoint's own size beats the estimate
+        needed = sum(path.stat().st_size for path in iteration_dir(root, previous).rglob("*") if path.is_file())
+    free = shutil.disk_usage(root).free if os.path.isdir(root) else None
+    resume = (f"the last complete checkpoint is iteration {previous} ({TRACKER} still names it), and a restart "
+              f"resumes from it" if previous is not None else "there is no complete checkpoint yet")
+    space = f"{_gib(free)} free there, " if free is not None else ""
+    return (f"could not save iteration {iteration} to {directory} ({_cause(err)}): {space}a checkpoint of this run "
+            f"needs about {_gib(needed)}; {resume}. Free space or choose another --save, then restart")
+
+
+def _cause(err: BaseException) -> str:
+    """What failed, in a few words: the OS error if one is at hand, else the writer's own message
+    (torch's CheckpointException carries each rank's error in ``failures``)."""
+    errors = [err] + [failure[0] for failure in getattr(err, "failures", {}).values()]
+    for error in errors:
+        seen = error
+        while seen is not None:
+            if isinstance(seen, OSError) and seen.strerror:
+                return seen.strerror
+            seen = seen.__cause__ or seen.__context__
+    lines = str(errors[-1]).strip().splitlines()
+    return lines[-1] if lines else type(errors[-1]).__name__
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def _checkpoint_bytes_estimate(model, run: RunDescription, with_optimizer: bool) -> int:
+    """About what one checkpoint takes: this rank's weights, times the model-parallel ranks, plus
+    AdamW's fp32 main weights and two moments (12 bytes a parameter) when saved."""
+    chunks = unwrap_model(model)
+    params = sum(p.numel() for chunk in chunks for p in chunk.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for chunk in chunks for p in chunk.parameters())
+    layout = run.layout
+    model_parallel = layout.tensor_model_parallel_size * layout.pipeline_model_parallel_size
+    return model_parallel * (weight_bytes + (12 * params if with_optimizer else 0))
 
 
 class Checkpointer:
     """Saves and loads; with ``--async-save`` the write runs in a background process."""
 
-    def __init__(self, args, run):
-        self.args = args
+    def __init__(self, config: CheckpointConfig, run: RunDescription, *, use_distributed_optimizer: bool,
+                 rng_device_type: str):
+        self.config = config
         self.run = run
+        self.use_distributed_optimizer = use_distributed_optimizer
+        self.rng_device_type = rng_device_type  # the Platform's: "cuda", or "cpu" on --use-cpu
         self.async_queue = None
         self._warmup = None
-        if args.save:
+        self._in_flight: tuple[int, str, int] | None = None  # (iteration, directory, bytes it needs)
+        self.resumed_from: tuple[str, int] | None = None  # (--load, iteration) once loaded
+        if config.save:
             # torch_dist writers report through a queue served by a *spawned* manager process,
             # which takes seconds to start (it re-imports the entry module).  Start it now, in
             # the background, instead of stalling the first save.
@@ -267,53 +211,86 @@ class Checkpointer:
 
             self._warmup = threading.Thread(target=get_write_results_queue, daemon=True)
             self._warmup.start()
-        if args.async_save:
+        if config.async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
             self.async_queue = AsyncCallsQueue()
 
     # ---- save -------------------------------------------------------------------------------
-    def save(self, iteration: int, consumed_samples: int, model, optimizer, scheduler) -> None:
-        args = self.args
+    def save(self, train_state: TrainState, model, optimizer, scheduler) -> None:
+        """Write ``train_state.iteration``'s checkpoint; the tracker points to it once every rank
+        wrote, and only then does retention delete older ones."""
+        config, iteration = self.config, train_state.iteration
         self.finalize(blocking=True)  # one checkpoint in flight at a time
         if self._warmup is not None:
             self._warmup.join()
             self._warmup = None
-        directory = str(iteration_dir(args.save, iteration))
+        directory = str(iteration_dir(config.save, iteration))
+        self._in_flight = (iteration, directory, _checkpoint_bytes_estimate(model, self.run, config.save_optim))
         if torch.distributed.get_rank() == 0:
-            os.makedirs(args.save, exist_ok=True)
+            os.makedirs(config.save, exist_ok=True)
             if os.path.exists(directory):  # left over by a run that died while writing it
                 shutil.rmtree(directory)
             os.makedirs(directory)
         torch.distributed.barrier()
+        meta = optimizer_metadata(config.fully_reshardable)
         state = sharded_state_dict(
-            args, model,
-            None if args.no_save_optim else optimizer,
-            None if args.no_save_optim else scheduler,
-            rng=not args.no_save_rng,
+            model, optimizer if config.save_optim else None, scheduler if config.save_optim else None,
+            optimizer_meta=meta, rng_state=capture_rng_state(self.rng_device_type), rng=config.save_rng,
         )
-        state.update(common_state(iteration, consumed_samples, layout(args, self.run)))
-        request = dist_checkpointing.save(
-            state, directory, async_sharded_save=self.async_queue is not None, async_strategy="mcore",
-            content_metadata=optimizer_metadata(args.dist_ckpt_optim_fully_reshardable),
-        )
+        state.update(common_state(iteration, train_state.consumed_samples, describe_checkpoint(self.run),
+                                  train_state.counters()))
+        with self._reporting_write_failures():
+            request = dist_checkpointing.save(
+                state, directory, async_sharded_save=self.async_queue is not None, async_strategy="mcore",
+                content_metadata=meta,
+            )
+            if self.async_queue is None:
+                torch.distributed.barrier()
+                self._mark_complete(iteration)
+                torch.distributed.barrier()
+                self._in_flight = None
+            else:
+                request.add_finalize_fn(lambda: self._mark_complete(iteration))
+                self.async_queue.schedule_async_request(request)
 
-        def mark_complete():
+    def _mark_complete(self, iteration: int) -> None:
+        """Point the tracker to ``iteration`` (every rank has written it), then apply retention."""
+        if torch.distributed.get_rank() != 0:
+            return
+        write_tracker(self.config.save, iteration)
+        apply_retention(self.config.save, self.config.retention, self._protected())
+
+    def _protected(self) -> frozenset[int]:
+        """The checkpoint this run resumed from, when it lives in --save: never deleted by this run."""
+        if self.resumed_from is None:
+            return frozenset()
+        root, iteration = self.resumed_from
+        same = os.path.isdir(root) and os.path.samefile(root, self.config.save)
+        return frozenset({iteration}) if same else frozenset()
+
+    @contextmanager
+    def _reporting_write_failures(self):
+        """A failed write (a full disk, a lost mount) as one line; the tracker still names the last
+        complete checkpoint, and this one's partial directory is removed to give the space back."""
+        try:
+            yield
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - torch's wraps the writers' errors
+            if self._in_flight is None:
+                raise
+            iteration, directory, needed = self._in_flight
+            self._in_flight = None
             if torch.distributed.get_rank() == 0:
-                write_tracker(args.save, iteration)
-
-        if self.async_queue is None:
-            torch.distributed.barrier()
-            mark_complete()
-            torch.distributed.barrier()
-        else:
-            request.add_finalize_fn(mark_complete)
-            self.async_queue.schedule_async_request(request)
+                shutil.rmtree(directory, ignore_errors=True)
+            raise CheckpointWriteError(_write_failure(self.config.save, iteration, directory, needed, err)) from err
 
     def finalize(self, blocking: bool = False) -> None:
         """Finish background saves that are done (all of them when ``blocking``)."""
         if self.async_queue is not None:
-            self.async_queue.maybe_finalize_async_calls(blocking=blocking)
+            with self._reporting_write_failures():
+                self.async_queue.maybe_finalize_async_calls(blocking=blocking)
+            if self.async_queue.get_num_unfinalized_calls() == 0:
+                self._in_flight = None
 
     def close(self) -> None:
         """Release the helper processes; safe on every exit path, also before any save.
@@ -330,62 +307,72 @@ class Checkpointer:
             self.async_queue.close()
 
     # ---- load -------------------------------------------------------------------------------
-    def load(self, model, optimizer, scheduler, point: ResumePoint) -> tuple[int, int]:
-        """Load the checkpoint ``find_checkpoint`` chose; returns (iteration, consumed samples)."""
-        args = self.args
-        iteration, directory, common = point.iteration, point.directory, point.common
+    def load(self, model, optimizer, scheduler, point: ResumePoint, *,
+             retarget_schedule: tuple[float, float] | None = None) -> TrainState:
+        """Load the checkpoint ``resume_point`` chose; returns the state it saved (a fresh one for --finetune).
+
+        ``retarget_schedule``: this run's (max_lr, min_lr) for the saved parameter groups
+        (``--override-opt_param-scheduler``, see resume.py).
+        """
+        config = self.config
+        directory, common = point.directory, point.common
+        loads_optimizer = loads_schedule(config, common)
         saved = read_description(common) or {}
         _check_same_shapes(directory, saved.get("model", {}), asdict(self.run.preset))
-        same_layout = all(saved.get(k) == getattr(args, k) for k in PARALLEL_FIELDS)
-        if saved.get("padded_vocab_size") not in (None, self.run.padded_vocab_size):
-            # megatron loads the common rows; the padding rows keep this run's initialisation
-            # and take part in the softmax, so losses differ from the saving run.
-            log.warning(
-                "%s has a padded vocabulary of %s rows, this run %s (the saved size does not shard over "
-                "this tensor-parallel size): pass --make-vocab-size-divisible-by so that both pad to the "
-                "same size for an exact continuation",
-                directory, saved.get("padded_vocab_size"), self.run.padded_vocab_size,
-            )
-        weights_only = args.finetune
-        load_optim = loads_schedule(args, common)
-        load_rng = not weights_only and not args.no_load_rng and same_layout
+        same_layout = all(saved.get(k) == getattr(self.run.layout, k) for k in PARALLEL_FIELDS)
+        self._warn_other_padding(directory, saved)
+        load_rng = not config.finetune and config.load_rng and same_layout
         saved_meta = saved_optimizer_metadata(directory)
-        if load_optim:
+        if loads_optimizer:
             from megatron_mio.training.optimizer import initialize_empty_state
 
-            if args.use_distributed_optimizer and not same_layout:
-                _check_optimizer_reshardable(directory, saved, saved_meta, args)
+            if self.use_distributed_optimizer and not same_layout:
+                _check_optimizer_reshardable(directory, saved, saved_meta, self.run.layout)
             initialize_empty_state(optimizer)
         state = sharded_state_dict(
-            args, model,
-            optimizer if load_optim else None,
-            scheduler if load_optim else None,
-            is_loading=True, rng=load_rng, optimizer_meta=saved_meta,
+            model, optimizer if loads_optimizer else None, scheduler if loads_optimizer else None,
+            optimizer_meta=saved_meta, is_loading=True, rng=load_rng,
         )
         loaded = dist_checkpointing.load(state, directory, strict=StrictHandling.ASSUME_OK_UNEXPECTED)
         for key, chunk in zip(model_keys(len(unwrap_model(model))), unwrap_model(model)):
             chunk.load_state_dict(loaded[key], strict=True)
-        if weights_only:
-            log.info("loaded model weights from %s (iteration %d); starting at iteration 0", directory, iteration)
-            return 0, 0
-        if load_optim:
-            if args.override_opt_param_scheduler:  # new --lr / --min-lr: see resume.py
-                retarget_param_groups(loaded[OPTIMIZER_KEY], common[SCHEDULER_KEY], args)
+        if not config.finetune:
+            self.resumed_from = (str(Path(directory).parent), point.iteration)
+        if config.finetune:
+            log.info("loaded model weights from %s (iteration %d); starting at iteration 0", directory, point.iteration)
+            return TrainState()
+        if loads_optimizer:
+            if retarget_schedule is not None:
+                retarget_param_groups(loaded[OPTIMIZER_KEY], common[SCHEDULER_KEY], *retarget_schedule)
             optimizer.load_state_dict(loaded[OPTIMIZER_KEY])
             scheduler.load_state_dict(loaded[SCHEDULER_KEY])
         if load_rng:
-            _set_rng_state(loaded[RNG_KEY])
-        consumed = int(loaded[CONSUMED_SAMPLES_KEY])
-        log.info("resumed from %s: iteration %d, %d samples consumed", directory, iteration, consumed)
-        return int(loaded[ITERATION_KEY]), consumed
+            restore_rng_state(loaded[RNG_KEY], self.rng_device_type)
+        state = TrainState.restored(int(loaded[ITERATION_KEY]), int(loaded[CONSUMED_SAMPLES_KEY]),
+                                    common.get(TRAIN_STATE_KEY))
+        log.info("resumed from %s: iteration %d, %d samples consumed, %d iterations skipped so far",
+                 directory, state.iteration, state.consumed_samples, state.skipped_total)
+        return state
+
+    def _warn_other_padding(self, directory: str, saved: dict) -> None:
+        if saved.get("padded_vocab_size") in (None, self.run.padded_vocab_size):
+            return
+        # megatron loads the common rows; the padding rows keep this run's initialisation
+        # and take part in the softmax, so losses differ from the saving run.
+        log.warning(
+            "%s has a padded vocabulary of %s rows, this run %s (the saved size does not shard over "
+            "this tensor-parallel size): pass --make-vocab-size-divisible-by so that both pad to the "
+            "same size for an exact continuation",
+            directory, saved.get("padded_vocab_size"), self.run.padded_vocab_size,
+        )
 
 
-def _check_optimizer_reshardable(directory: str, saved: dict, saved_meta: dict, args) -> None:
+def _check_optimizer_reshardable(directory: str, saved: dict, saved_meta: dict, layout) -> None:
     """A dp_reshardable optimizer state reloads only at the TP/PP it was written with: say how to move."""
     if saved_meta.get("distrib_optim_sharding_type") != "dp_reshardable":
         return
     was = " ".join(f"{k}={saved.get(k)}" for k in PARALLEL_FIELDS)
-    now = " ".join(f"{k}={getattr(args, k)}" for k in PARALLEL_FIELDS)
+    now = " ".join(f"{k}={getattr(layout, k)}" for k in PARALLEL_FIELDS)
     raise ConfigError(
         f"{directory}: its distributed-optimizer state was saved dp_reshardable at {was} and cannot "
         f"be loaded at {now}. Resume once at the saved layout with --dist-ckpt-optim-fully-reshardable "

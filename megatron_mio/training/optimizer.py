@@ -30,54 +30,58 @@ from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer.optimizer import ChainedOptimizer, MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_mio.model.model_config import Precision
+from megatron_mio.training.config import OptimConfig
 
-def optimizer_config(args) -> OptimizerConfig:
+
+def optimizer_config(optim: OptimConfig, precision: Precision, *, distributed: bool,
+                     overlap_param_gather: bool = False) -> OptimizerConfig:
     """AdamW with decoupled weight decay; clipping by global norm (``--clip-grad``)."""
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     return OptimizerConfig(
         optimizer="adam",
-        lr=args.lr,
-        min_lr=args.min_lr,
-        weight_decay=args.weight_decay,
-        adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2,
-        adam_eps=args.adam_eps,
+        lr=optim.lr,
+        min_lr=optim.min_lr,
+        weight_decay=optim.weight_decay,
+        adam_beta1=optim.adam_beta1,
+        adam_beta2=optim.adam_beta2,
+        adam_eps=optim.adam_eps,
         decoupled_weight_decay=True,
-        clip_grad=args.clip_grad,
-        bf16=args.bf16,
-        fp16=args.fp16,
-        params_dtype=dtype,
-        loss_scale=args.loss_scale,
-        initial_loss_scale=args.initial_loss_scale,
-        min_loss_scale=args.min_loss_scale,
-        use_distributed_optimizer=args.use_distributed_optimizer,
-        overlap_param_gather=args.overlap_param_gather,
+        clip_grad=optim.clip_grad,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        params_dtype=precision.dtype,
+        loss_scale=precision.loss_scale,
+        initial_loss_scale=precision.initial_loss_scale,
+        min_loss_scale=precision.min_loss_scale,
+        use_distributed_optimizer=distributed,
+        overlap_param_gather=overlap_param_gather,
     )
 
 
-def build_optimizer(args, model_chunks) -> MegatronOptimizer:
-    optimizer = get_megatron_optimizer(optimizer_config(args), model_chunks)
+def build_optimizer(config: OptimizerConfig, model_chunks) -> MegatronOptimizer:
+    """megatron-core's optimizer for ``model_chunks`` (``config``: from :func:`optimizer_config`)."""
+    optimizer = get_megatron_optimizer(config, model_chunks)
     for inner in _distributed_torch_adams(optimizer):
         _fix_torch_adam_step_state(inner)
     return optimizer
 
 
-def build_scheduler(args, optimizer) -> OptimizerParamScheduler:
+def build_scheduler(optim: OptimConfig, optimizer) -> OptimizerParamScheduler:
     """Warmup then decay, Megatron-LM semantics (steps are iterations)."""
     return OptimizerParamScheduler(
         optimizer,
-        init_lr=args.lr_warmup_init,
-        max_lr=args.lr,
-        min_lr=args.min_lr,
-        lr_warmup_steps=args.lr_warmup_steps,
-        lr_decay_steps=args.lr_decay_iters,
-        lr_decay_style=args.lr_decay_style,
-        start_wd=args.start_weight_decay,
-        end_wd=args.end_weight_decay,
-        wd_incr_steps=args.train_iters,
-        wd_incr_style=args.weight_decay_incr_style,
-        use_checkpoint_opt_param_scheduler=not args.override_opt_param_scheduler,
-        override_opt_param_scheduler=args.override_opt_param_scheduler,
+        init_lr=optim.lr_warmup_init,
+        max_lr=optim.lr,
+        min_lr=optim.min_lr,
+        lr_warmup_steps=optim.lr_warmup_steps,
+        lr_decay_steps=optim.lr_decay_iters,
+        lr_decay_style=optim.lr_decay_style,
+        start_wd=optim.start_weight_decay,
+        end_wd=optim.end_weight_decay,
+        wd_incr_steps=optim.weight_decay_incr_iters,
+        wd_incr_style=optim.weight_decay_incr_style,
+        use_checkpoint_opt_param_scheduler=not optim.override_opt_param_scheduler,
+        override_opt_param_scheduler=optim.override_opt_param_scheduler,
     )
 
 

@@ -24,46 +24,42 @@ import logging
 
 from megatron_mio.checkpoint.layout import SCHEDULER_KEY
 from megatron_mio.training.arguments import ConfigError
+from megatron_mio.training.config import CheckpointConfig, OptimConfig
 
 log = logging.getLogger(__name__)
 
-# Scheduler state key -> (argument, the flag that sets it).
-SCHEDULE_FLAGS = {
-    "max_lr": ("lr", "--lr"),
-    "min_lr": ("min_lr", "--min-lr"),
-    "start_wd": ("start_weight_decay", "--start-weight-decay (or --weight-decay)"),
-    "end_wd": ("end_weight_decay", "--end-weight-decay (or --weight-decay)"),
-    "lr_decay_style": ("lr_decay_style", "--lr-decay-style"),
-    "wd_incr_style": ("weight_decay_incr_style", "--weight-decay-incr-style"),
-}
-
-# Parameter-group keys that megatron-core matches saved groups by, and the argument behind each.
-GROUP_KEYS = {"max_lr": "lr", "min_lr": "min_lr"}
+def schedule_settings(optim: OptimConfig) -> dict[str, tuple[object, str]]:
+    """Scheduler state key -> (this run's value, the flag that sets it)."""
+    return {
+        "max_lr": (optim.lr, "--lr"),
+        "min_lr": (optim.min_lr, "--min-lr"),
+        "start_wd": (optim.start_weight_decay, "--start-weight-decay (or --weight-decay)"),
+        "end_wd": (optim.end_weight_decay, "--end-weight-decay (or --weight-decay)"),
+        "lr_decay_style": (optim.lr_decay_style, "--lr-decay-style"),
+        "wd_incr_style": (optim.weight_decay_incr_style, "--weight-decay-incr-style"),
+    }
 
 
-def loads_schedule(args, common: dict) -> bool:
+def loads_schedule(checkpoint: CheckpointConfig, common: dict) -> bool:
     """Whether this run restores the optimizer and schedule from the checkpoint."""
-    return not args.finetune and not args.no_load_optim and SCHEDULER_KEY in common
+    return not checkpoint.finetune and checkpoint.load_optim and SCHEDULER_KEY in common
 
 
-def schedule_changes(args, saved: dict) -> list[tuple[str, object, object]]:
+def schedule_changes(optim: OptimConfig, saved: dict) -> list[tuple[str, object, object]]:
     """(flag, checkpoint value, this run's value) for every schedule value the flags change."""
-    changes = []
-    for key, (dest, flag) in SCHEDULE_FLAGS.items():
-        if key in saved and saved[key] != getattr(args, dest):
-            changes.append((flag, saved[key], getattr(args, dest)))
-    return changes
+    return [(flag, saved[key], value) for key, (value, flag) in schedule_settings(optim).items()
+            if key in saved and saved[key] != value]
 
 
-def check_schedule(args, point) -> None:
+def check_schedule(optim: OptimConfig, checkpoint: CheckpointConfig, point) -> None:
     """Refuse a resume whose flags change the saved schedule unless ``--override-opt_param-scheduler``."""
-    if point is None or not loads_schedule(args, point.common):
+    if point is None or not loads_schedule(checkpoint, point.common):
         return
-    changes = schedule_changes(args, point.common[SCHEDULER_KEY])
+    changes = schedule_changes(optim, point.common[SCHEDULER_KEY])
     if not changes:
         return
     described = "; ".join(f"{flag}: {old} in the checkpoint, {new} now" for flag, old, new in changes)
-    if not args.override_opt_param_scheduler:
+    if not optim.override_opt_param_scheduler:
         raise ConfigError(
             f"--load {point.directory} was trained with another schedule ({described}): pass "
             f"--override-opt_param-scheduler to continue with the new values (the Adam moments, the "
@@ -72,17 +68,19 @@ def check_schedule(args, point) -> None:
     log.info("--override-opt_param-scheduler: %s", described)
 
 
-def retarget_param_groups(optimizer_state: dict, saved_schedule: dict, args) -> None:
+def retarget_param_groups(optimizer_state: dict, saved_schedule: dict, max_lr: float, min_lr: float) -> None:
     """Give the saved parameter groups this run's ``max_lr`` / ``min_lr`` (in place).
 
     Only values equal to the saved schedule's are replaced: those are the groups built from the
     flags (a group with its own override would keep it, and megatron-core then names it).
+    megatron-core matches saved groups by these two keys.
     """
+    wanted = {"max_lr": max_lr, "min_lr": min_lr}
     for groups in _param_group_lists(optimizer_state):
         for group in groups:
-            for key, dest in GROUP_KEYS.items():
+            for key, value in wanted.items():
                 if key in group and group[key] == saved_schedule.get(key):
-                    group[key] = getattr(args, dest)
+                    group[key] = value
 
 
 def _param_group_lists(state):

@@ -1,17 +1,21 @@
 """What a run is, decided once before anything is built: :class:`RunDescription`.
 
-The command line (``arguments.parse_args``) says what the user asked for; this adds what follows
-from the tokenizer and the checkpoint (the vocabulary and its padding) and gathers the sizes every
-component needs.  It is frozen: components read the fields they need, nobody writes back.
+The configs (``arguments.build_configs``) say what the user asked for; this adds what follows
+from the tokenizer and the checkpoint (the vocabulary and its padding) and gathers what every
+component that builds or measures the model needs.  It holds the run's own layout, batch and
+precision objects (no copies under other names).  It is frozen: nobody writes back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megatron_mio.checkpoint.discovery import ResumePoint
+from megatron_mio.model.model_config import ParallelLayout, Precision
 from megatron_mio.model.presets import ModelPreset
-from megatron_mio.training.arguments import model_preset
-from megatron_mio.training.checkpointing import ResumePoint, padded_vocab_for_load
+from megatron_mio.model.vocab_padding import padded_vocab_for_load
+from megatron_mio.training.arguments import ConfigError
+from megatron_mio.training.config import BatchConfig, DataConfig, TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -19,36 +23,31 @@ class RunDescription:
     preset: ModelPreset
     vocab_size: int  # the tokenizer's (or --vocab-size): the loss and the logits cover these ids
     padded_vocab_size: int  # rows of the embedding and output layer (the checkpoint's on a resume)
-    tensor_parallel_size: int
-    pipeline_parallel_size: int
-    virtual_pipeline_parallel_size: int | None
-    data_parallel_size: int
-    micro_batch_size: int
-    global_batch_size: int
-    num_microbatches: int  # per iteration and data-parallel rank
-    seq_length: int
-    precision: str  # "bf16", "fp16" or "fp32"
-
-    @property
-    def num_model_chunks(self) -> int:
-        return self.virtual_pipeline_parallel_size or 1
+    layout: ParallelLayout
+    batch: BatchConfig
+    precision: Precision
 
 
-def describe_run(args, vocab_size: int, resume: ResumePoint | None) -> RunDescription:
+def check_vocabulary(resume: ResumePoint | None, vocab_size: int, data: DataConfig) -> None:
+    """Refuse a checkpoint trained on another vocabulary (its rows would mean other tokens)."""
+    saved = (resume.layout or {}).get("vocab_size") if resume else None
+    if saved is None or saved == vocab_size:
+        return
+    source = f"--tokenizer-model {data.tokenizer_model}" if data.tokenizer_model else "--vocab-size"
+    raise ConfigError(f"{resume.directory} was trained with a vocabulary of {saved} ids, {source} has {vocab_size}: "
+                      f"use the tokenizer the checkpoint was trained with")
+
+
+def describe_run(config: TrainingConfig, vocab_size: int, resume: ResumePoint | None) -> RunDescription:
+    layout = config.parallel.layout
     return RunDescription(
-        preset=model_preset(args),
+        preset=config.model.preset,
         vocab_size=vocab_size,
         padded_vocab_size=padded_vocab_for_load(
-            vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size,
+            vocab_size, config.model.make_vocab_size_divisible_by, layout.tensor_model_parallel_size,
             resume.layout if resume else None,
         ),
-        tensor_parallel_size=args.tensor_model_parallel_size,
-        pipeline_parallel_size=args.pipeline_model_parallel_size,
-        virtual_pipeline_parallel_size=args.virtual_pipeline_model_parallel_size,
-        data_parallel_size=args.data_parallel_size,
-        micro_batch_size=args.micro_batch_size,
-        global_batch_size=args.global_batch_size,
-        num_microbatches=args.num_microbatches,
-        seq_length=args.seq_length,
-        precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        layout=layout,
+        batch=config.batch,
+        precision=config.precision,
     )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from types import SimpleNamespace
 
 import torch
 
@@ -31,9 +30,11 @@ def storages_of(tensors) -> dict[int, int]:
 def measure(spec: str, preset_name: str, vocab: int, seq: int, micro_batch: int) -> dict:
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig
 
     from megatron_mio.model.attention import attention_kwargs
     from megatron_mio.model.gpt import build_gpt_model, build_transformer_config
+    from megatron_mio.model.model_config import BF16, FP32, ParallelLayout, Recompute
     from megatron_mio.model.presets import get_preset, padded_vocab_size
     from megatron_mio.training.optimizer import build_optimizer
 
@@ -45,10 +46,9 @@ def measure(spec: str, preset_name: str, vocab: int, seq: int, micro_batch: int)
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     tensor_parallel.model_parallel_cuda_manual_seed(1234)
     preset = get_preset(preset_name)
-    config = build_transformer_config(preset, tensor_parallel_size=tp, pipeline_parallel_size=pp,
-                                      bf16=bf16, recompute_granularity=recompute,
-                                      recompute_method="uniform" if recompute == "full" else None,
-                                      recompute_num_layers=1 if recompute == "full" else None)
+    precision = BF16 if bf16 else FP32
+    config = build_transformer_config(preset, ParallelLayout(tp, pp), precision, recompute=Recompute(
+        recompute, "uniform" if recompute == "full" else None, 1 if recompute == "full" else None))
     padded = padded_vocab_size(vocab, 128, tp)
     first = parallel_state.is_pipeline_first_stage()
     last = parallel_state.is_pipeline_last_stage()
@@ -56,11 +56,8 @@ def measure(spec: str, preset_name: str, vocab: int, seq: int, micro_batch: int)
                             pre_process=first, post_process=last)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=dist_opt)
     model = DistributedDataParallel(config, ddp_config, model)
-    args = SimpleNamespace(bf16=bf16, fp16=False, lr=1e-3, min_lr=0.0, weight_decay=0.0, adam_beta1=0.9,
-                           adam_beta2=0.95, adam_eps=1e-8, clip_grad=1.0, loss_scale=None,
-                           initial_loss_scale=2.0**32, min_loss_scale=1.0,
-                           use_distributed_optimizer=dist_opt, overlap_param_gather=False)
-    optimizer = build_optimizer(args, [model])
+    optimizer = build_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3, bf16=bf16, params_dtype=precision.dtype,
+                                                use_distributed_optimizer=dist_opt), [model])
 
     params = list(model.parameters())
     param_storages = storages_of(params)

@@ -62,13 +62,13 @@ def main():
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
     from megatron_mio.model import build_gpt_model, build_transformer_config, get_preset
+    from megatron_mio.model.model_config import ParallelLayout
     from megatron_mio.training.step import forward_step
 
     parallel_state.initialize_model_parallel(args.tp, args.pp)
     model_parallel_cuda_manual_seed(1234)
     preset = get_preset("tiny").with_overrides(num_layers=4)
-    config = build_transformer_config(preset, tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp)
-    config.calculate_per_token_loss = True
+    config = build_transformer_config(preset, ParallelLayout(args.tp, args.pp))
     vocab = 256
     model = build_gpt_model(
         config, preset, vocab,

@@ -6,7 +6,6 @@ so the trainer's detection, skipping and counting run exactly as in production.
 """
 
 import sys
-from functools import partial
 
 import torch
 
