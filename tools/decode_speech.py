@@ -1,0 +1,3 @@
+from megatron_mio.commands.decode_speech import main
+
+raise SystemExit(main())
