@@ -39,5 +39,8 @@ setup(
         # GPU extras: optional, imported only when present (apex: build from source, see README).
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
         "test": ["pytest", "hypothesis", "matplotlib"],
+        # Speech codec (megatron_mio.codec): install speechtokenizer itself with --no-deps, as
+        # ci/install_audio.sh does: its metadata pulls torchaudio, which replaces torch.
+        "speech": ["soundfile", "soxr", "einops"],
     },
 )
