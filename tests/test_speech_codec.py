@@ -296,3 +296,22 @@ def test_install_keeps_the_pinned_torch_and_skips_the_trainer(codec):
     assert torch.__version__.split("+")[0] == pinned
     assert "speechtokenizer.model" in sys.modules
     assert "speechtokenizer.trainer" not in sys.modules  # its imports need torchaudio & co.
+
+
+def test_sbatch_example_runs_a_task_and_skips_it_when_resubmitted(clips, codec_dir, tmp_path):
+    """examples/tokenize_speech.sh as one array task would run it (Slurm's variables set by hand;
+    tests/test_preprocess_slurm.py covers sbatch itself for the preprocessing twin)."""
+    import os
+
+    env = {**os.environ, "INPUT": str(clips), "OUTPUT_PREFIX": str(tmp_path / "pairs"),
+           "CODEC": str(codec_dir), "PYTHON": sys.executable, "MIO_REPO": str(REPO),
+           "PYTHONPATH": str(REPO), "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_ID": "1",
+           "SLURM_ARRAY_TASK_MIN": "0", "EXTRA_ARGS": "--device cpu"}
+    script = [str(REPO / "examples" / "tokenize_speech.sh")]
+    first = subprocess.run(["bash", *script], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    shard = tmp_path / "pairs-00001-of-00002.jsonl"
+    assert [Path(json.loads(line)["audio"]).stem for line in shard.read_text().splitlines()] == \
+        ["bravo", "charlie"]
+    again = subprocess.run(["bash", *script], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "shard 1 of 2 already written" in again.stderr

@@ -82,7 +82,10 @@ def decode_spans(spans: list[SpeechSpan], codec, output_dir: Path,
                       file=sys.stderr)
                 continue
             timbre = None  # a broken layout's timbre lists need not match the content
-        waveform = codec.decode(span.content, timbre)
+        try:
+            waveform = codec.decode(span.content, timbre)
+        except ValueError as error:  # CodecError: codes out of range, lists of unequal length
+            raise ValueError(f"result {span.result} speech {span.index}: {error}") from None
         write_wav(name, waveform, SAMPLE_RATE)
         layers = "content + timbre" if timbre is not None else "content only"
         print(f"{name}\t{waveform.size / SAMPLE_RATE:.2f} s\t{layers}")
