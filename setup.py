@@ -5,6 +5,21 @@ import glob
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
+# The console scripts: one per tool (tools/<name>.py is a shim over the same main).
+CONSOLE_SCRIPTS = {
+    "mio-pretrain": "megatron_mio.pretrain:main",
+    "mio-build-tokenizer": "megatron_mio.commands.build_tokenizer:main",
+    "mio-preprocess": "megatron_mio.commands.preprocess_data:main",
+    "mio-merge-datasets": "megatron_mio.commands.merge_datasets:main",
+    "mio-pack-stats": "megatron_mio.commands.pack_stats:main",
+    "mio-plan-parallelism": "megatron_mio.commands.plan_parallelism:main",
+    "mio-convert-from-hf": "megatron_mio.commands.convert_from_hf:main",
+    "mio-convert-to-hf": "megatron_mio.commands.convert_to_hf:main",
+    "mio-compare-logits": "megatron_mio.commands.compare_logits:main",
+    "mio-generate": "megatron_mio.commands.generate:main",
+    "mio-checkpoint": "megatron_mio.checkpoint.__main__:main",
+}
+
 ext_modules = [
     Pybind11Extension(
         "megatron_mio._C",
@@ -21,6 +36,7 @@ setup(
     packages=find_packages(include=["megatron_mio", "megatron_mio.*"]),
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
+    entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
     python_requires=">=3.10",
     install_requires=[
         "megatron-core>=0.19,<0.20",
