@@ -17,6 +17,8 @@ CONSOLE_SCRIPTS = {
     "mio-convert-to-hf": "megatron_mio.commands.convert_to_hf:main",
     "mio-compare-logits": "megatron_mio.commands.compare_logits:main",
     "mio-generate": "megatron_mio.commands.generate:main",
+    "mio-tokenize-speech": "megatron_mio.commands.tokenize_speech:main",
+    "mio-decode-speech": "megatron_mio.commands.decode_speech:main",
     "mio-checkpoint": "megatron_mio.checkpoint.__main__:main",
 }
 

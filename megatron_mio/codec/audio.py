@@ -19,6 +19,10 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and the reason."""
 
 
+class MissingExtraError(ImportError):
+    """One of the ``speech`` extra's packages is not installed (one line: how to install it)."""
+
+
 def optional_import(name: str):
     """Import one of the ``speech`` extra's packages, or one line saying how to install it."""
     import importlib
@@ -26,8 +30,9 @@ def optional_import(name: str):
     try:
         return importlib.import_module(name)
     except ImportError:
-        raise ImportError(f"the speech codec needs the Python package {name!r}: "
-                          f"pip install -e '.[speech]' (see README, Data)") from None
+        raise MissingExtraError(f"the speech codec needs the Python package {name!r}: "
+                                f"bash ci/install_audio.sh PYTHON (docs/data_format.md, "
+                                f"\"Speech and image codecs\")") from None
 
 
 def audio_seconds(path: str | os.PathLike) -> float:

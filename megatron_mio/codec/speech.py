@@ -132,7 +132,12 @@ class SpeechCodec:
             raise CodecError(f"{directory / CONFIG_FILE}: not JSON ({error})") from None
         check_config(config, str(directory / CONFIG_FILE))
         model = _speechtokenizer_class()(config)
-        state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError) as error:  # truncated, not a torch file
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CodecError(f"{directory / CHECKPOINT_FILE}: not a readable checkpoint "
+                             f"({reason})") from None
         try:
             model.load_state_dict(state)
         except RuntimeError as error:

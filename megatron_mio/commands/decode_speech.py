@@ -17,9 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-
-class UsageError(ValueError):
-    """A bad flag or input: one line, exit status 2."""
+from megatron_mio import cli
+from megatron_mio.cli import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +34,7 @@ class SpeechSpan:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser("decode_speech", __doc__)
     parser.add_argument("--input", required=True, help="the JSON file tools/generate.py wrote")
     parser.add_argument("--codec", required=True,
                         help="SpeechTokenizer directory (config.json + SpeechTokenizer.pt), or a "
@@ -67,9 +66,10 @@ def read_spans(path: str) -> list[SpeechSpan]:
     return spans
 
 
-def decode_spans(spans: list[SpeechSpan], codec, output_dir: Path,
-                 include_incomplete: bool) -> list[Path]:
+def decode_spans(spans: list[SpeechSpan], codec, output_dir: Path, include_incomplete: bool,
+                 input_name: str) -> list[Path]:
     from megatron_mio.codec.audio import SAMPLE_RATE, write_wav
+    from megatron_mio.codec.speech import CodecError
 
     written = []
     for span in spans:
@@ -84,8 +84,9 @@ def decode_spans(spans: list[SpeechSpan], codec, output_dir: Path,
             timbre = None  # a broken layout's timbre lists need not match the content
         try:
             waveform = codec.decode(span.content, timbre)
-        except ValueError as error:  # CodecError: codes out of range, lists of unequal length
-            raise ValueError(f"result {span.result} speech {span.index}: {error}") from None
+        except CodecError as error:  # codes out of range, lists of unequal length
+            raise CodecError(f"{input_name}: result {span.result} speech {span.index}: "
+                             f"{error}") from None
         write_wav(name, waveform, SAMPLE_RATE)
         layers = "content + timbre" if timbre is not None else "content only"
         print(f"{name}\t{waveform.size / SAMPLE_RATE:.2f} s\t{layers}")
@@ -95,6 +96,7 @@ def decode_spans(spans: list[SpeechSpan], codec, output_dir: Path,
 
 def run(args: argparse.Namespace) -> int:
     spans = read_spans(args.input)
+    cli.check_writable(args.output_dir, "--output-dir")
     if not spans:
         print(f"decode_speech: {args.input} holds no speech spans", file=sys.stderr)
         return 0
@@ -104,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     codec = SpeechCodec.from_directory(args.codec, device=device)
-    written = decode_spans(spans, codec, Path(args.output_dir), args.include_incomplete)
+    written = decode_spans(spans, codec, Path(args.output_dir), args.include_incomplete,
+                           args.input)
     print(f"decode_speech: {len(written)} of {len(spans)} speech spans -> {args.output_dir}",
           file=sys.stderr)
     return 0
@@ -112,11 +115,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as error:
-        print(f"decode_speech: error: {error}", file=sys.stderr)
-        return 2
-    except (ValueError, ImportError, OSError) as error:  # CodecError, a missing extra, disk
-        print(f"decode_speech: error: {error}", file=sys.stderr)
-        return 1
+    cli.quiet_libraries(args.verbose)
+    from megatron_mio.codec.audio import AudioError, MissingExtraError
+    from megatron_mio.codec.speech import CodecError
+
+    return cli.run("decode_speech", lambda: run(args),
+                   input_errors=(CodecError, AudioError, MissingExtraError))

@@ -24,12 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from megatron_mio import cli
+from megatron_mio.cli import UsageError
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
 MAX_PRINTED_SKIPS = 20
-
-
-class UsageError(ValueError):
-    """A bad flag or input: one line, exit status 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +62,7 @@ def slurm_array_shard() -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser("tokenize_speech", __doc__)
     parser.add_argument("--input", required=True,
                         help="a directory of audio files + same-stem .txt transcriptions, or a "
                              "JSONL manifest of {\"audio\": path, \"transcription\": text}")
@@ -303,6 +302,7 @@ def run(config: TokenizeSpeechConfig) -> int:
         print(f"tokenize_speech: shard {config.shard_index} of {config.num_shards} already "
               f"written: {prefix}.jsonl (delete it to redo)", file=sys.stderr)
         return 0
+    cli.check_writable(f"{prefix}.jsonl", "--output-prefix")
     items = shard_items(list_items(config.input), config.num_shards, config.shard_index)
     import torch
 
@@ -318,11 +318,9 @@ def run(config: TokenizeSpeechConfig) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(config_from_args(args))
-    except UsageError as error:
-        print(f"tokenize_speech: error: {error}", file=sys.stderr)
-        return 2
-    except (ValueError, ImportError, OSError) as error:  # CodecError, a missing extra, disk
-        print(f"tokenize_speech: error: {error}", file=sys.stderr)
-        return 1
+    cli.quiet_libraries(args.verbose)
+    from megatron_mio.codec.audio import AudioError, MissingExtraError
+    from megatron_mio.codec.speech import CodecError
+
+    return cli.run("tokenize_speech", lambda: run(config_from_args(args)),
+                   input_errors=(CodecError, AudioError, MissingExtraError))
