@@ -143,6 +143,7 @@ def test_decode_lengths_full_and_content_only(codec, clips):
         codec.decode([5, 1024])
 
 
+@pytest.mark.slow
 def test_saved_checkpoint_reloads_to_identical_codes(codec, codec_dir, clips, tmp_path):
     (tmp_path / "mio").mkdir()
     (tmp_path / "mio" / "SpeechTokenizer").symlink_to(codec_dir)  # MIO's model directory layout
@@ -188,6 +189,7 @@ def run_tokenize(argv: list[str]) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
+@pytest.mark.slow
 def test_tokenized_jsonl_preprocesses_into_the_spch_layout(tokenized, codec, clips,
                                                            mio_tokenizer, mio_tokenizer_dir):
     from megatron_mio.data.indexed import open_dataset
@@ -212,6 +214,7 @@ def test_tokenized_jsonl_preprocesses_into_the_spch_layout(tokenized, codec, cli
             np.array_equal(document[-spch.size:], spch)
 
 
+@pytest.mark.slow
 def test_skip_report_names_each_file_and_reason(tokenized, bad_clips):
     prefix, err = tokenized
     report = json.loads(Path(f"{prefix}.report.json").read_text())
@@ -225,6 +228,7 @@ def test_skip_report_names_each_file_and_reason(tokenized, bad_clips):
     assert re.search(r"7/7 files, [\d.]+ s of audio, [\d.]+ s of audio per s", err), err
 
 
+@pytest.mark.slow
 def test_shards_follow_the_slurm_array_and_resume(clips, codec_dir, tmp_path, monkeypatch):
     prefix = tmp_path / "sharded"
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
@@ -246,6 +250,7 @@ def test_shards_follow_the_slurm_array_and_resume(clips, codec_dir, tmp_path, mo
     assert rc == 2 and "--shard-index must be in 0..1" in err
 
 
+@pytest.mark.slow
 def test_tokenize_from_a_manifest(clips, codec_dir, tmp_path):
     manifest = tmp_path / "manifest.jsonl"
     lines = [{"audio": str(clips / "bravo.flac"), "transcription": SENTENCES["bravo"],
@@ -262,6 +267,7 @@ def test_tokenize_from_a_manifest(clips, codec_dir, tmp_path):
     assert rc == 2 and f"{manifest}:1: not JSON" in err
 
 
+@pytest.mark.slow
 def test_decode_speech_writes_each_generated_span(codec, codec_dir, clips, mio_tokenizer, tmp_path):
     import soundfile
 
@@ -298,6 +304,7 @@ def test_install_keeps_the_pinned_torch_and_skips_the_trainer(codec):
     assert "speechtokenizer.trainer" not in sys.modules  # its imports need torchaudio & co.
 
 
+@pytest.mark.slow
 def test_sbatch_example_runs_a_task_and_skips_it_when_resubmitted(clips, codec_dir, tmp_path):
     """examples/tokenize_speech.sh as one array task would run it (Slurm's variables set by hand;
     tests/test_preprocess_slurm.py covers sbatch itself for the preprocessing twin)."""

@@ -174,7 +174,7 @@ class Progress:
         self.done += files
         self.audio_seconds += audio_seconds
         now = time.monotonic()
-        if now - self.last >= self.interval or self.done == self.total:
+        if files and (now - self.last >= self.interval or self.done == self.total):
             self.last = now
             print(f"tokenize_speech: {self.done}/{self.total} files, "
                   f"{self.audio_seconds:.1f} s of audio, {self.rate():.2f} s of audio per s",
@@ -189,7 +189,7 @@ class ShardWriter:
 
     def __init__(self, config: TokenizeSpeechConfig, codec, progress: Progress):
         self.config, self.codec, self.progress = config, codec, progress
-        self.samples: dict[int, dict] = {}
+        self.samples: dict[int, dict] = {}  # the current window's, by input position
         self.skipped: list[dict] = []
 
     def skip(self, item: Item, reason: str, detail: str) -> None:
@@ -247,31 +247,36 @@ class ShardWriter:
 
 
 def tokenize_shard(config: TokenizeSpeechConfig, items: list[Item], codec) -> dict:
-    """Encode ``items``; write PREFIX.report.json then PREFIX.jsonl (whose presence marks the
-    shard done); return the report."""
+    """Encode ``items`` into PREFIX.jsonl, one window at a time (a shard's codes never sit in
+    memory at once); PREFIX.report.json is written first and the .jsonl renamed into place last,
+    so its presence marks the shard done.  Returns the report."""
     from megatron_mio.atomic import atomic_file, write_text
 
     progress = Progress(len(items), config.log_interval)
     writer = ShardWriter(config, codec, progress)
     window = config.batch_size * 8
     numbered = list(enumerate(items))
-    for start in range(0, len(numbered), window):
-        writer.encode_window(numbered[start: start + window])
     prefix = shard_prefix(config.output_prefix, config.shard_index, config.num_shards)
-    report = {
-        "settings": dataclasses.asdict(config), "codec": codec.describe(),
-        "shard": {"index": config.shard_index, "count": config.num_shards},
-        "files": len(items), "written": len(writer.samples),
-        "audio_seconds": round(progress.audio_seconds, 3),
-        "seconds": round(time.monotonic() - progress.start, 3),
-        "audio_seconds_per_second": round(progress.rate(), 3),
-        "skipped": {"count": len(writer.skipped), "by_reason": _count_reasons(writer.skipped),
-                    "items": writer.skipped},
-    }
-    write_text(f"{prefix}.report.json", json.dumps(report, indent=2) + "\n")
+    written = 0
     with atomic_file(f"{prefix}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as out:
-        for index in sorted(writer.samples):
-            out.write(json.dumps(writer.samples[index], separators=(",", ":")) + "\n")
+        for start in range(0, len(numbered), window):
+            writer.encode_window(numbered[start: start + window])
+            for index in sorted(writer.samples):  # input order within the window
+                out.write(json.dumps(writer.samples[index], separators=(",", ":")) + "\n")
+            written += len(writer.samples)
+            writer.samples.clear()
+        out.flush()
+        report = {
+            "settings": dataclasses.asdict(config), "codec": codec.describe(),
+            "shard": {"index": config.shard_index, "count": config.num_shards},
+            "files": len(items), "written": written,
+            "audio_seconds": round(progress.audio_seconds, 3),
+            "seconds": round(time.monotonic() - progress.start, 3),
+            "audio_seconds_per_second": round(progress.rate(), 3),
+            "skipped": {"count": len(writer.skipped),
+                        "by_reason": _count_reasons(writer.skipped), "items": writer.skipped},
+        }
+        write_text(f"{prefix}.report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
