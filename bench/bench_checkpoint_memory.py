@@ -14,7 +14,7 @@ rank's host memory while it saves or loads: the fp32 main parameter, ``exp_avg``
 
     python bench/bench_checkpoint_memory.py           # the table in docs/benchmarks.md
 
-The counts come from ``megatron_mio.training.memory_plan`` (the same parameter count the planner
+The counts come from ``megatron_mio.planner.memory`` (the same parameter count the planner
 uses) for the largest pipeline stage; no model is built.
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_mio.model.presets import get_preset, padded_vocab_size  # noqa: E402
 from megatron_mio.tokenizer.vocab import MIO_VOCAB_SIZE_FOR_YI  # noqa: E402
-from megatron_mio.training.memory_plan import stage_parameters  # noqa: E402
+from megatron_mio.planner.memory import stage_parameters  # noqa: E402
 
 STATE_BYTES = 12  # fp32 main parameter + two fp32 Adam moments
 LAYOUTS = [(8, 1, 1), (8, 2, 1), (8, 4, 1), (8, 2, 2), (128, 1, 1), (128, 2, 1), (128, 4, 2)]

@@ -5,7 +5,7 @@
 
 Runs tests/workers/plan_measure.py on 2 torchrun ranks (tiny preset, gloo) for several layouts
 and prints, per rank, estimate / measured for weights, gradients, optimizer states and the
-activations autograd saves in one forward pass (megatron_mio.training.memory_plan with the CPU
+activations autograd saves in one forward pass (megatron_mio.planner.memory with the CPU
 kernels: dense attention, unfused SwiGLU and RMSNorm).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_mio.model.presets import get_preset, padded_vocab_size  # noqa: E402
-from megatron_mio.training import memory_plan as mp  # noqa: E402
+from megatron_mio.planner import memory as mp  # noqa: E402
 from tests.distributed import REPO_ROOT, read_rank_results, run_torchrun  # noqa: E402
 
 SPECS = ("2x1:fp32:0:local:none", "1x2:fp32:0:local:none", "1x1:bf16:1:local:none",

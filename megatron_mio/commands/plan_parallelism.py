@@ -1,114 +1,412 @@
-"""List the TP/PP/DP (and recompute) layouts that fit a model on a cluster, with memory per GPU.
+"""Recommend how to spread MIO's training over a cluster: the fastest TP/PP/DP layout that fits.
 
-    python tools/plan_parallelism.py --model-preset yi-6b --gpus 128 --gpu-memory 80 \\
-        --seq-length 2800 --micro-batch-size 1
+    mio-plan-parallelism --model-preset yi-6b --gpus 128 --gpu-memory 80 --seq-length 2800
 
-The estimate (weights, gradients, optimizer states with and without the distributed optimizer,
-activations) is megatron_mio.training.memory_plan; tests/test_plan_parallelism.py checks it
-against what a real megatron-core GPTModel allocates.
+prints the recommended layout with its reason and its sbatch line, the one reason each
+neighbouring layout loses (memory, pipeline bubble, TP across nodes, ...), and the fastest
+layouts that fit, by predicted tokens/s per GPU.  --tp/--pp/--vp/--recompute evaluate one given
+layout instead.  --calibrate METRICS.jsonl fits the model's constants to a short run first.
+
+Memory: megatron_mio/planner/memory.py (checked against real allocations by the test suite).
+Step time: megatron_mio/planner/step_time.py and docs/planner.md (every constant is a flag below).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import re
+from dataclasses import asdict, replace
+
+from megatron_mio.cli import UsageError, make_parser, quiet_libraries, run
+
+PROG = "plan_parallelism"
+DEFAULT_PACKS_PER_GPU = 16  # MIO's stage configs: global batch = the mixture's 16 packs x GPUs
+RECOMPUTE_CHOICES = ("none", "selective", "full")
+# Flag defaults of the step-time model, mirrored from planner.step_time.ClusterConstants (kept
+# here so that --help imports nothing); tests/test_plan_parallelism.py asserts they agree.
+CONSTANT_DEFAULTS = {"achieved_tflops": 400.0, "intra_node_gbps": 300.0, "inter_node_gbps": 40.0,
+                     "tp_overlap": 0.0, "dp_overlap": 1.0, "step_overhead_ms": 0.0}
 
 
-from megatron_mio import platform  # noqa: E402
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(PROG, __doc__)
+    g = parser.add_argument_group("model and batch")
+    g.add_argument("--model-preset", default="yi-6b", help="yi-6b, small or tiny (megatron_mio/model/presets.py)")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="before padding; default: the MIO vocabulary on Yi (76,292)")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--seq-length", type=int, default=2800)
+    g.add_argument("--micro-batch-size", type=int, default=1)
+    g.add_argument("--global-batch-size", type=int, default=None,
+                   help=f"default: {DEFAULT_PACKS_PER_GPU} packs per GPU, as MIO's stage configs")
+    g.add_argument("--documents-per-pack", type=float, default=1.0,
+                   help="equal-length documents per pack for the attention FLOPs (1: one document "
+                        "fills the pack, the most attention work); --calibrate measures it")
+    g.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    g.add_argument("--attention", default="flash", choices=("flash", "dense"),
+                   help="flash: te/torch backends on GPU; dense: the local backend's s x s mask")
 
-platform.quiet_import_warnings()  # before megatron-core is imported
+    g = parser.add_argument_group("cluster")
+    g.add_argument("--gpus", type=int, required=True, help="total GPUs of the job")
+    g.add_argument("--gpus-per-node", type=int, default=8)
+    g.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
+    g.add_argument("--overhead", type=float, default=4.0,
+                   help="GiB reserved per GPU for the CUDA context, NCCL and fragmentation")
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--no-distributed-optimizer", dest="distributed_optimizer", action="store_false",
+                   help="plan for a plain optimizer (the stage configs use the distributed one)")
 
-from megatron_mio.model.presets import PRESETS, get_preset  # noqa: E402
-from megatron_mio.tokenizer.vocab import MIO_VOCAB_SIZE_FOR_YI  # noqa: E402
-from megatron_mio.training import memory_plan as mp  # noqa: E402
+    g = parser.add_argument_group("step-time model (docs/planner.md; --calibrate fits them)")
+    d = CONSTANT_DEFAULTS
+    g.add_argument("--achieved-tflops", type=float, default=d["achieved_tflops"],
+                   help="model TFLOP/s per GPU while computing (default %(default)s: ~40%% of an H100's bf16 peak)")
+    g.add_argument("--intra-node-gbps", type=float, default=d["intra_node_gbps"],
+                   help="all-reduce bus bandwidth inside a node, GB/s (default %(default)s: NVLink)")
+    g.add_argument("--inter-node-gbps", type=float, default=d["inter_node_gbps"],
+                   help="bandwidth per GPU across nodes, GB/s (default %(default)s: 400 Gb/s InfiniBand)")
+    g.add_argument("--tp-overlap", type=float, default=d["tp_overlap"],
+                   help="part of the TP all-reduces hidden behind compute, 0-1 (default %(default)s)")
+    g.add_argument("--dp-overlap", type=float, default=d["dp_overlap"],
+                   help="part of the DP gradient/parameter traffic --overlap-grad-reduce hides, "
+                        "0-1, at most one micro-batch's compute (default %(default)s)")
+    g.add_argument("--step-overhead-ms", type=float, default=d["step_overhead_ms"],
+                   help="per step, not modelled: data wait, optimizer step (default %(default)s)")
+
+    g = parser.add_argument_group("one layout (any of these: evaluate it instead of searching)")
+    g.add_argument("--tp", "--tensor-model-parallel-size", dest="tp", type=int, default=None)
+    g.add_argument("--pp", "--pipeline-model-parallel-size", dest="pp", type=int, default=None)
+    g.add_argument("--vp", type=int, default=None, help="virtual pipeline stages per rank (interleaved 1F1B)")
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
+                   help="the trainer's way to say --vp: layers / (PP x this)")
+    g.add_argument("--recompute", "--recompute-granularity", dest="recompute", default=None,
+                   choices=RECOMPUTE_CHOICES)
+
+    g = parser.add_argument_group("calibration")
+    g.add_argument("--calibrate", metavar="METRICS.jsonl", default=None,
+                   help="fit the step-time constants to a short run's --metrics-file first")
+    g.add_argument("--calibrate-layout", default="TP1 PP1", metavar='"TP2 PP2 VP2 full"',
+                   help="the layout that run used (default: %(default)s)")
+    g.add_argument("--calibrate-gpus", type=int, default=None, help="GPUs of that run (default: --gpus)")
+
+    g = parser.add_argument_group("output")
+    g.add_argument("--top", type=int, default=8, help="fitting layouts listed (default %(default)s)")
+    g.add_argument("--all", action="store_true", help="also list the layouts that do not fit")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.add_argument("--launch-script", default="examples/pretrain_stage1.sh",
+                   help="the stage script of the printed sbatch line")
+    return parser
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-preset", default="yi-6b", choices=sorted(PRESETS))
-    parser.add_argument("--gpus", type=int, required=True, help="total GPUs of the job")
-    parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
-    parser.add_argument("--seq-length", type=int, default=2800)
-    parser.add_argument("--micro-batch-size", type=int, default=1)
-    parser.add_argument("--vocab-size", type=int, default=MIO_VOCAB_SIZE_FOR_YI, help="before padding for TP")
-    parser.add_argument("--precision", default="bf16", choices=sorted(mp.PRECISIONS))
-    parser.add_argument("--attention", default="flash", choices=["flash", "dense"],
-                        help="flash: te/torch backends on GPU; dense: the local backend's s x s mask")
-    parser.add_argument("--gpus-per-node", type=int, default=8, help="TP stays inside a node")
-    parser.add_argument("--sequence-parallel", action="store_true")
-    parser.add_argument("--overhead", type=float, default=4.0,
-                        help="GiB reserved for the CUDA context, NCCL and fragmentation")
-    parser.add_argument("--global-batch-size", type=int, default=None,
-                        help="only layouts that can reach this global batch")
-    parser.add_argument("--all", action="store_true", help="also list layouts that do not fit")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
-    if args.gpus < 1 or args.micro_batch_size < 1 or args.seq_length < 1:
-        parser.error("--gpus, --micro-batch-size and --seq-length must be positive")
-    return args
+# ------------------------------------------------------------------------------------ checks
 
 
-def gib(n: int) -> float:
-    return n / mp.GIB
+def check_args(args: argparse.Namespace) -> None:
+    """Every input mistake as one line naming the flag (UsageError: exit status 2)."""
+    positive = {"--gpus": args.gpus, "--gpus-per-node": args.gpus_per_node, "--seq-length": args.seq_length,
+                "--micro-batch-size": args.micro_batch_size, "--top": args.top,
+                "--make-vocab-size-divisible-by": args.make_vocab_size_divisible_by,
+                "--vocab-size": args.vocab_size, "--global-batch-size": args.global_batch_size,
+                "--tp": args.tp, "--pp": args.pp, "--vp": args.vp, "--calibrate-gpus": args.calibrate_gpus,
+                "--num-layers-per-virtual-pipeline-stage": args.num_layers_per_virtual_pipeline_stage,
+                "--gpu-memory": args.gpu_memory, "--achieved-tflops": args.achieved_tflops,
+                "--intra-node-gbps": args.intra_node_gbps, "--inter-node-gbps": args.inter_node_gbps}
+    for flag, value in positive.items():
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be positive, not {value:g}")
+    for flag, value in {"--tp-overlap": args.tp_overlap, "--dp-overlap": args.dp_overlap}.items():
+        if not 0 <= value <= 1:
+            raise UsageError(f"{flag} is a fraction between 0 and 1, not {value:g}")
+    if args.overhead < 0 or args.step_overhead_ms < 0:
+        raise UsageError("--overhead and --step-overhead-ms cannot be negative")
+    if args.overhead >= args.gpu_memory:
+        raise UsageError(f"--overhead {args.overhead:g} GiB leaves nothing of --gpu-memory {args.gpu_memory:g} GiB")
+    if not 1 <= args.documents_per_pack <= args.seq_length:
+        raise UsageError(f"--documents-per-pack must be between 1 and --seq-length, not {args.documents_per_pack:g}")
+    if args.global_batch_size and args.global_batch_size % args.micro_batch_size:
+        raise UsageError(f"--global-batch-size {args.global_batch_size} is not a multiple of "
+                         f"--micro-batch-size {args.micro_batch_size}")
+    if args.gpus > args.gpus_per_node and args.gpus % args.gpus_per_node:
+        raise UsageError(f"--gpus {args.gpus} is not a whole number of nodes of --gpus-per-node {args.gpus_per_node}")
+    if args.vp and args.num_layers_per_virtual_pipeline_stage:
+        raise UsageError("give --vp or --num-layers-per-virtual-pipeline-stage, not both")
 
 
-def row_dict(row: mp.PlanRow) -> dict:
-    est = row.estimate
-    return {
-        "layout": est.layout.describe(), "tp": est.layout.tp, "pp": est.layout.pp,
-        "dp": est.layout.dp, "recompute": est.layout.recompute,
-        "distributed_optimizer": est.layout.distributed_optimizer,
-        "stage": est.stage, "parameters": est.parameters,
-        "weights_gib": gib(est.weights), "grads_gib": gib(est.grads),
-        "optimizer_gib": gib(est.optimizer), "activations_gib": gib(est.activations),
-        "transient_gib": gib(est.transient), "total_gib": gib(est.total), "fits": row.fits,
-        "global_batches": [{"global_batch": g, "micro_batches": m, "bubble": b}
-                           for g, m, b in row.global_batches],
-    }
+def parse_layout_words(text: str, flag: str) -> dict:
+    """``"TP2 PP2 VP2 full"`` (any order, commas allowed) -> Layout keyword arguments."""
+    found = {"tp": 1, "pp": 1, "vpp": None, "recompute": None}
+    for word in re.split(r"[\s,]+", text.strip()):
+        match = re.fullmatch(r"(tp|pp|vpp|vp|dp)(\d+)", word, re.IGNORECASE)
+        if match and int(match[2]) > 0:
+            key = {"vp": "vpp", "dp": None}.get(match[1].lower(), match[1].lower())
+            if key:
+                found[key] = int(match[2])
+        elif word.lower() in ("full", "selective"):
+            found["recompute"] = word.lower()
+        elif word and word.lower() not in ("none", "recompute"):
+            raise UsageError(f'{flag} {text!r}: cannot read {word!r}; write it like "TP2 PP2 VP2 full"')
+    return found
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    preset = get_preset(args.model_preset)
-    kernels = mp.Kernels(args.attention, fused_swiglu=True, fused_norm=True)
-    rows = mp.plan(preset, args.vocab_size, gpus=args.gpus, gpu_memory_gib=args.gpu_memory,
-                   seq_length=args.seq_length, micro_batch=args.micro_batch_size,
-                   precision=mp.PRECISIONS[args.precision], kernels=kernels,
-                   overhead_gib=args.overhead, gpus_per_node=args.gpus_per_node,
-                   sequence_parallel=args.sequence_parallel)
-    if args.global_batch_size:
-        rows = [r for r in rows
-                if args.global_batch_size % (args.micro_batch_size * r.estimate.layout.dp) == 0]
-    shown = rows if args.all else [r for r in rows if r.fits]
+# ------------------------------------------------------------------------------------ planning
+
+
+def build_job(args: argparse.Namespace):
+    from megatron_mio.model.presets import PRESETS
+    from megatron_mio.planner.memory import PRECISIONS, Kernels
+    from megatron_mio.planner.recommend import Job
+    from megatron_mio.tokenizer.vocab import MIO_VOCAB_SIZE_FOR_YI
+
+    if args.model_preset not in PRESETS:
+        raise UsageError(f"--model-preset {args.model_preset!r}: choose from {', '.join(sorted(PRESETS))}")
+    return Job(preset=PRESETS[args.model_preset], vocab_size=args.vocab_size or MIO_VOCAB_SIZE_FOR_YI,
+               vocab_divisible_by=args.make_vocab_size_divisible_by, gpus=args.gpus,
+               gpus_per_node=args.gpus_per_node, gpu_memory_gib=args.gpu_memory, overhead_gib=args.overhead,
+               seq_length=args.seq_length, micro_batch=args.micro_batch_size,
+               global_batch=args.global_batch_size or DEFAULT_PACKS_PER_GPU * args.gpus * args.micro_batch_size,
+               documents_per_pack=args.documents_per_pack, precision=PRECISIONS[args.precision],
+               kernels=Kernels(args.attention, fused_swiglu=True, fused_norm=True),
+               sequence_parallel=args.sequence_parallel, distributed_optimizer=args.distributed_optimizer)
+
+
+def constants_from(args: argparse.Namespace):
+    from megatron_mio.planner.step_time import ClusterConstants
+
+    return ClusterConstants(**{name: getattr(args, name) for name in CONSTANT_DEFAULTS})
+
+
+def given_layout(args: argparse.Namespace, job):
+    """The layout of --tp/--pp/--vp/--recompute, or None when none of them is given."""
+    from megatron_mio.planner.memory import Layout
+
+    if all(v is None for v in (args.tp, args.pp, args.vp, args.recompute, args.num_layers_per_virtual_pipeline_stage)):
+        return None
+    tp, pp = args.tp or 1, args.pp or 1
+    if job.gpus % (tp * pp):
+        raise UsageError(f"--tp {tp} x --pp {pp} does not divide --gpus {job.gpus}")
+    vpp = args.vp
+    if args.num_layers_per_virtual_pipeline_stage:
+        per_rank = job.preset.num_layers // pp
+        if per_rank % args.num_layers_per_virtual_pipeline_stage:
+            raise UsageError(f"--num-layers-per-virtual-pipeline-stage {args.num_layers_per_virtual_pipeline_stage} "
+                             f"does not divide the {per_rank} layers per pipeline rank")
+        vpp = per_rank // args.num_layers_per_virtual_pipeline_stage
+    if vpp and pp == 1:
+        raise UsageError("--vp needs --pp > 1 (interleaving splits each pipeline rank's layers)")
+    return Layout(tp, pp, job.gpus // (tp * pp), vpp=vpp if vpp and vpp > 1 else None,
+                  sequence_parallel=job.sequence_parallel and tp > 1,
+                  distributed_optimizer=job.distributed_optimizer,
+                  recompute=None if args.recompute in (None, "none") else args.recompute)
+
+
+def run_calibration(args: argparse.Namespace, job, constants):
+    from megatron_mio.planner import calibration
+    from megatron_mio.planner.memory import Layout
+
+    words = parse_layout_words(args.calibrate_layout, "--calibrate-layout")
+    gpus = args.calibrate_gpus or args.gpus
+    if gpus % (words["tp"] * words["pp"]):
+        raise UsageError(f"--calibrate-layout {args.calibrate_layout!r} does not divide {gpus} GPUs "
+                         "(set --calibrate-gpus to the run's GPU count)")
+    layout = Layout(words["tp"], words["pp"], gpus // (words["tp"] * words["pp"]), vpp=words["vpp"],
+                    sequence_parallel=job.sequence_parallel and words["tp"] > 1,
+                    distributed_optimizer=job.distributed_optimizer, recompute=words["recompute"])
+    try:
+        run_ = calibration.measured_run(calibration.read_records(args.calibrate), layout)
+        return calibration.calibrate(job, run_, constants)
+    except calibration.MetricsFileError as error:
+        raise UsageError(str(error)) from None
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+def name_of(layout) -> str:
+    return layout.describe() + (f" recompute={layout.recompute}" if layout.recompute else "")
+
+
+def evaluation_dict(e) -> dict:
+    from megatron_mio.planner.memory import GIB
+
+    out = {"layout": name_of(e.layout), "tp": e.layout.tp, "pp": e.layout.pp, "dp": e.layout.dp,
+           "vp": e.layout.vpp, "recompute": e.layout.recompute, "sequence_parallel": e.layout.sequence_parallel,
+           "distributed_optimizer": e.layout.distributed_optimizer, "fits": e.fits, "problem": e.problem}
+    if e.memory:
+        m = e.memory
+        out["memory_gib"] = {"weights": m.weights / GIB, "grads": m.grads / GIB, "optimizer": m.optimizer / GIB,
+                             "activations": m.activations / GIB, "transient": m.transient / GIB,
+                             "total": m.total / GIB}
+    if e.step:
+        s = e.step
+        out.update(microbatches=s.microbatches, step_seconds=s.total, bubble_fraction=s.bubble_fraction,
+                   tokens_per_second_per_gpu=s.tokens_per_second_per_gpu(),
+                   model_tflops_per_gpu=s.model_tflops_per_gpu(),
+                   step_terms_seconds={**s.terms(), "dp_hidden": s.dp_hidden})
+    return out
+
+
+def calibration_dict(cal) -> dict:
+    return {"run_layout": name_of(cal.run.layout), "records": cal.run.records,
+            "measured_step_ms": cal.run.step_ms, "time_split_ms": cal.run.split_ms,
+            "documents_per_pack": cal.documents_per_pack,
+            "predicted_step_ms_before": cal.before.total * 1000, "predicted_step_ms_after": cal.after.total * 1000,
+            "constants": asdict(cal.constants)}
+
+
+def table(evaluations, job) -> list[str]:
+    from megatron_mio.planner.memory import GIB
+
+    titles = (f"{'layout':<34}{'micro-batches':>14}{'memory GiB':>11}{'bubble':>7}{'step s':>8}"
+              f"{'tokens/s/GPU':>13}{'TFLOP/s/GPU':>12}")
+    lines = [titles]
+    for e in evaluations:
+        if e.step is None:
+            lines.append(f"{name_of(e.layout):<34}  {e.problem}")
+            continue
+        s = e.step
+        lines.append(f"{name_of(e.layout):<34}{s.microbatches:>14}{e.memory.total / GIB:>11.1f}"
+                     f"{s.bubble_fraction:>7.0%}{s.total:>8.3g}{s.tokens_per_second_per_gpu():>13,.0f}"
+                     f"{s.model_tflops_per_gpu():>12.3g}" + ("" if e.fits else "  does not fit"))
+    return lines
+
+
+def parameters_text(count: int) -> str:
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
+
+
+def header(args, job, constants) -> list[str]:
+    from megatron_mio.planner.memory import total_parameters
+
+    nodes = -(-job.gpus // job.gpus_per_node)
+    documents = f"{job.documents_per_pack:.3g} document{'s' if job.documents_per_pack != 1 else ''} per pack"
+    shape = (f"{args.model_preset}: {parameters_text(total_parameters(job.preset, job.vocab_size))} parameters "
+             f"(vocab {job.vocab_size:,}), {job.gpus} GPUs ({nodes} node{'s' if nodes > 1 else ''} x "
+             f"{min(job.gpus, job.gpus_per_node)}) x {job.gpu_memory_gib:g} GiB ({job.overhead_gib:g} reserved), "
+             f"seq {job.seq_length}, micro-batch {job.micro_batch}, global batch {job.global_batch}, "
+             f"{args.precision}, {args.attention} attention, {documents}")
+    model = (f"step-time model: {constants.achieved_tflops:.4g} TFLOP/s/GPU achieved, "
+             f"{constants.intra_node_gbps:.4g} GB/s in a node, {constants.inter_node_gbps:.4g} GB/s across nodes, "
+             f"TP overlap {constants.tp_overlap:.0%}, DP overlap {constants.dp_overlap:.0%}, "
+             f"{constants.step_overhead_ms:.4g} ms overhead per step")
+    return [shape, model]
+
+
+def calibration_lines(cal) -> list[str]:
+    split = ", ".join(f"{k} {v:.1f} ms" for k, v in cal.run.split_ms.items()) or "no time split in the records"
+    line = (f"calibrated on {cal.run.records} records of a {name_of(cal.run.layout)} run ({split}): "
+            f"measured {cal.run.step_ms:.1f} ms per step, predicted {cal.before.total * 1000:.1f} ms "
+            f"before and {cal.after.total * 1000:.1f} ms after; the data makes "
+            f"{cal.documents_per_pack:.2f} documents per pack")
+    return [line]
+
+
+def report_one(args, job, constants, layout) -> int:
+    from megatron_mio.planner import recommend
+
+    judged = recommend.evaluate(job, layout, constants)
+    fitting, _ = recommend.rank(job, constants)
+    best = fitting[0] if fitting else None
     if args.json:
-        print(json.dumps([row_dict(r) for r in shown], indent=1))
-        return 0 if any(r.fits for r in rows) else 1
-    total = mp.total_parameters(preset, args.vocab_size)
-    print(f"{args.model_preset}: {total / 1e9:.2f}B parameters (vocab {args.vocab_size}), "
-          f"{args.gpus} GPUs x {args.gpu_memory:g} GiB, seq {args.seq_length}, "
-          f"micro-batch {args.micro_batch_size}, {args.precision}, {args.attention} attention, "
-          f"{args.overhead:g} GiB reserved")
-    header = (f"{'layout':<14}{'recompute':<11}{'dist-opt':<9}{'weights':>8}{'grads':>8}"
-              f"{'optim':>8}{'activ':>8}{'transient':>10}{'total':>8}  fits  global batch (micro-batches, bubble)")
-    print(header)
-    for row in shown:
-        est = row.estimate
-        lay = est.layout
-        batches = ", ".join(
-            f"{g} ({m}{f', {b:.0%}' if lay.pp > 1 else ''})" for g, m, b in row.global_batches[:4]
-            if not args.global_batch_size or g == args.global_batch_size
-        ) if not args.global_batch_size else (
-            f"{args.global_batch_size} ({args.global_batch_size // (args.micro_batch_size * lay.dp)})")
-        print(f"{lay.describe():<14}{lay.recompute or '-':<11}{'yes' if lay.distributed_optimizer else 'no':<9}"
-              f"{gib(est.weights):8.1f}{gib(est.grads):8.1f}{gib(est.optimizer):8.1f}"
-              f"{gib(est.activations):8.1f}{gib(est.transient):10.1f}{gib(est.total):8.1f}  "
-              f"{'yes ' if row.fits else 'no  '}  {batches}")
-    if not any(r.fits for r in rows):
-        print("no layout fits: add GPUs, shorten the sequence or lower the micro-batch size")
+        print(json.dumps({"evaluated": evaluation_dict(judged),
+                          "recommended": evaluation_dict(best) if best else None,
+                          "launch": recommend.launch_command(layout, job, args.launch_script)}, indent=1))
+        return 0 if judged.fits else 1
+    print("\n".join(table([judged], job)))
+    if judged.step:
+        share = {k: v / judged.step.total for k, v in judged.step.terms().items() if v}
+        print("step: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
+    if not judged.fits:
+        print(f"{name_of(layout)} cannot run: {judged.problem}")
+    elif best and best.layout != layout:
+        print(f"against the recommended {name_of(best.layout)}: {recommend.loss_reason(judged, best)}")
+    else:
+        print(f"{name_of(layout)} is the recommended layout")
+    if judged.fits:
+        print(recommend.launch_command(layout, job, args.launch_script))
+    return 0 if judged.fits else 1
+
+
+def report_plan(args, job, constants, calibration_info) -> int:
+    from megatron_mio.planner import recommend
+    from megatron_mio.planner.memory import GIB
+
+    fitting, rejected = recommend.rank(job, constants)
+    if args.json:
+        best = fitting[0] if fitting else None
+        out = {"recommended": evaluation_dict(best) if best else None,
+               "reason": recommend.recommendation_reason(best, job) if best else None,
+               "launch": recommend.launch_command(best.layout, job, args.launch_script) if best else None,
+               "neighbours": neighbour_reasons(job, constants, best) if best else [],
+               "layouts": [evaluation_dict(e) for e in fitting[:args.top]],
+               "rejected": [evaluation_dict(e) for e in rejected] if args.all else [],
+               "constants": asdict(constants), "calibration": calibration_info}
+        print(json.dumps(out, indent=1))
+        return 0 if best else 1
+    if not fitting:
+        measured = [e for e in rejected if e.memory]
+        if measured:
+            least = min(measured, key=lambda e: e.memory.total)
+            print(f"no layout fits in memory: the smallest, {name_of(least.layout)}, needs "
+                  f"{least.memory.total / GIB:.1f} GiB of the {job.gpu_memory_gib - job.overhead_gib:g} GiB "
+                  "left after the reserve")
+        else:
+            print(f"no layout splits this model and batch: {rejected[0].problem if rejected else 'no candidates'}")
+        print("add GPUs or memory per GPU, shorten --seq-length or lower --micro-batch-size")
         return 1
+    best = fitting[0]
+    print(f"recommended: {name_of(best.layout)}: {recommend.recommendation_reason(best, job)}")
+    print(f"  {recommend.launch_command(best.layout, job, args.launch_script)}")
+    print("its neighbours:")
+    for item in neighbour_reasons(job, constants, best):
+        print(f"  {item['layout']:<34}{item['reason']}")
+    shown = fitting[:args.top] + (rejected if args.all else [])
+    print(f"fastest {min(args.top, len(fitting))} of the {len(fitting)} layouts that fit:")
+    print("\n".join(table(shown, job)))
     return 0
 
 
+def neighbour_reasons(job, constants, best) -> list[dict]:
+    from megatron_mio.planner import recommend
+
+    recomputes = (None, "selective", "full") if job.kernels.attention == "dense" else (None, "full")
+    items = []
+    for layout in recommend.neighbours(best.layout, job.gpus, recomputes):
+        judged = recommend.evaluate(job, layout, constants)
+        items.append({"layout": name_of(layout), "reason": recommend.loss_reason(judged, best)})
+    return items
+
+
+def plan(args: argparse.Namespace) -> int:
+    check_args(args)
+    job = build_job(args)
+    constants = constants_from(args)
+    calibration_info = None
+    if args.calibrate:
+        cal = run_calibration(args, job, constants)
+        constants = cal.constants
+        job = replace(job, documents_per_pack=cal.documents_per_pack)
+        calibration_info = calibration_dict(cal)
+        if not args.json:
+            print("\n".join(calibration_lines(cal)))
+    layout = given_layout(args, job)
+    if layout is not None:
+        from megatron_mio.planner.recommend import layout_problem
+
+        problem = layout_problem(job, layout)
+        if problem:
+            raise UsageError(f"--tp {layout.tp} --pp {layout.pp}{f' --vp {layout.vpp}' if layout.vpp else ''}: {problem}")
+    if not args.json:
+        print("\n".join(header(args, job, constants)))
+    if layout is not None:
+        return report_one(args, job, constants, layout)
+    return report_plan(args, job, constants, calibration_info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries(args.verbose)
+    return run(PROG, lambda: plan(args))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

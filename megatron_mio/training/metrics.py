@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from megatron_mio.data.batch import valid_cu_seqlens
+from megatron_mio.model.flops import forward_flops_per_token, training_flops
 from megatron_mio.tokenizer.vocab import Modality
 from megatron_mio.training.losses import LossReport
 from megatron_mio.training.run import RunDescription
@@ -43,14 +44,6 @@ def peak_tflops(device_name: str | None, precision: str) -> float | None:
         if key in device_name:
             return peaks[precision]
     return None
-
-
-def forward_flops_per_token(preset, padded_vocab: int) -> float:
-    """Matmul FLOPs of one token through the model, without the attention score/value products."""
-    h, layers = preset.hidden_size, preset.num_layers
-    qkv = h * (h + 2 * preset.num_query_groups * preset.head_dim)
-    per_layer = qkv + h * h + 3 * h * preset.ffn_hidden_size  # q/k/v, output projection, SwiGLU
-    return 2.0 * (layers * per_layer + h * padded_vocab)
 
 
 def attention_pairs(cu_seqlens: torch.Tensor) -> int:
@@ -122,9 +115,7 @@ class MetricsLogger:
                total_skipped: int, loss_scale: float | None) -> dict:
         elapsed = time.time() - stats.started
         per_iter = elapsed / max(stats.iterations, 1)
-        preset = self.run.preset
-        model_flops = 3.0 * (stats.tokens * self.flops_per_token
-                             + 4.0 * preset.hidden_size * preset.num_layers * stats.pairs)
+        model_flops = training_flops(self.run.preset, self.run.padded_vocab_size, stats.tokens, stats.pairs)
         tflops_per_gpu = model_flops / elapsed / self.world_size / 1e12 if elapsed > 0 else 0.0
         finite_norms = [n for n in stats.grad_norms if n == n and abs(n) != float("inf")]
         by_modality = stats.loss.by_modality

@@ -1,4 +1,4 @@
-"""Memory per GPU of a MIO training layout, and the layouts that fit (``tools/plan_parallelism.py``).
+"""Memory per GPU of a MIO training layout (``megatron_mio.planner``, ``plan_parallelism``).
 
 The estimate is an itemised count of what megatron-core keeps in memory on the busiest rank:
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from megatron_mio.model.presets import VOCAB_SIZE_DIVISIBLE_BY, ModelPreset, padded_vocab_size
+from megatron_mio.model.presets import ModelPreset
 
 GIB = 1024**3
 
@@ -307,72 +307,3 @@ def estimate(preset: ModelPreset, vocab_padded: int, layout: Layout, *, seq_leng
         if best is None or candidate.total > best.total:
             best = candidate
     return best
-
-
-# ---------------------------------------------------------------------------------- planning
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def candidate_layouts(preset: ModelPreset, gpus: int, gpus_per_node: int = 8,
-                      sequence_parallel: bool = False, kernels: Kernels = GPU_KERNELS) -> list[Layout]:
-    """Every TP x PP x DP = gpus with TP inside a node and the model dividing evenly.
-
-    Selective recompute only drops the ``s^2`` attention terms, so it is listed for dense
-    attention only (with flash attention it saves nothing)."""
-    recomputes = (None, "selective", "full") if kernels.attention == "dense" else (None, "full")
-    layouts = []
-    for tp in divisors(gpus):
-        if tp > gpus_per_node or preset.num_attention_heads % tp or preset.num_query_groups % tp:
-            continue
-        for pp in divisors(gpus // tp):
-            if preset.num_layers % pp:
-                continue
-            for recompute in recomputes:
-                for dist_opt in (True, False):
-                    layouts.append(Layout(tp, pp, gpus // (tp * pp), sequence_parallel=
-                                          sequence_parallel and tp > 1,
-                                          distributed_optimizer=dist_opt, recompute=recompute))
-    return layouts
-
-
-@dataclass
-class PlanRow:
-    estimate: MemoryEstimate
-    fits: bool
-    global_batches: list[tuple[int, int, float]]  # (global batch, micro-batches, pipeline bubble)
-
-
-def global_batch_options(layout: Layout, micro_batch: int, counts=(1, 2, 4, 8, 16, 32, 64)):
-    """(global batch, micro-batches per step, 1F1B bubble fraction (PP-1)/m) options."""
-    options = []
-    for m in counts:
-        if layout.pp > 1 and m < layout.pp:
-            continue
-        bubble = (layout.pp - 1) / (m * (layout.vpp or 1)) if layout.pp > 1 else 0.0
-        options.append((micro_batch * layout.dp * m, m, bubble))
-    return options
-
-
-def plan(preset: ModelPreset, vocab_size: int, *, gpus: int,
-         gpu_memory_gib: float, seq_length: int, micro_batch: int, precision: Precision = BF16,
-         kernels: Kernels = GPU_KERNELS, overhead_gib: float = 4.0, gpus_per_node: int = 8,
-         sequence_parallel: bool = False, num_microbatches: int = 8,
-         divisible_by: int = VOCAB_SIZE_DIVISIBLE_BY) -> list[PlanRow]:
-    """Estimate every candidate layout; rows sorted fitting first, then by fewest model-parallel
-    GPUs (less communication), then by memory."""
-    rows = []
-    for layout in candidate_layouts(preset, gpus, gpus_per_node, sequence_parallel, kernels):
-        vocab_padded = padded_vocab_size(vocab_size, divisible_by, layout.tp)
-        est = estimate(preset, vocab_padded, layout, seq_length=seq_length, micro_batch=micro_batch,
-                       num_microbatches=max(num_microbatches, layout.pp), precision=precision,
-                       kernels=kernels)
-        fits = est.total + overhead_gib * GIB <= gpu_memory_gib * GIB
-        rows.append(PlanRow(est, fits, global_batch_options(layout, micro_batch)))
-    recompute_cost = {None: 0, "selective": 1, "full": 2}
-    rows.sort(key=lambda r: (not r.fits, r.estimate.layout.tp * r.estimate.layout.pp,
-                             recompute_cost[r.estimate.layout.recompute],
-                             not r.estimate.layout.distributed_optimizer, r.estimate.total))
-    return rows

@@ -1,0 +1,179 @@
+"""Fit the step-time model's constants to a short run's ``--metrics-file`` (``--calibrate``).
+
+From the trainer's records (one JSON line per logged iteration; the first is dropped as warm-up
+when there are more, the rest reduced by their median):
+
+* **documents per pack**: the trainer logs ``tflops_per_gpu`` from its document-causal FLOP count
+  and ``tokens_per_second``; their ratio is the model FLOPs per token the data really costs, and
+  the attention part of it the query-key pairs per pack, i.e. the equal-length documents per pack
+  that make as many pairs.
+* **achieved TFLOP/s**: the value at which the model reproduces the run's forward-backward time
+  (from the time split when the records carry it) or else its whole step time.
+* **data-parallel bandwidth** (inter- or intra-node, wherever the run's DP group lay): from the
+  exposed gradient-reduction time, when the records carry it and the run had DP > 1.
+* **step overhead**: data wait + optimizer step, when the records carry them.
+
+The tensor-parallel bandwidth is not separable from compute in one run and keeps its flag value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from megatron_mio.model import flops
+from megatron_mio.planner.memory import Layout
+from megatron_mio.planner.recommend import Job
+from megatron_mio.planner.step_time import (
+    ClusterConstants,
+    StepTime,
+    dp_comm_seconds,
+    dp_gbps,
+    predict,
+)
+
+# The trainer's time split of a step, milliseconds per iteration, as --metrics-file names them.
+# Each is optional: a calibration uses the ones present.
+TIME_SPLIT_FIELDS = {
+    "data_wait": "data_wait_ms_per_iteration",
+    "forward_backward": "forward_backward_ms_per_iteration",  # without the exposed grad reduction
+    "grad_reduce": "grad_reduce_exposed_ms_per_iteration",
+    "optimizer": "optimizer_ms_per_iteration",
+}
+REQUIRED_FIELDS = ("elapsed_ms_per_iteration", "tokens_per_second", "tflops_per_gpu", "global_batch_size")
+
+
+class MetricsFileError(ValueError):
+    """A metrics file that cannot calibrate anything (named, with the line when there is one)."""
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    """What a short run measured, reduced over its records, and the layout it ran."""
+
+    layout: Layout
+    step_ms: float
+    tokens_per_second: float
+    tflops_per_gpu: float
+    global_batch: int
+    split_ms: dict[str, float]  # keys of TIME_SPLIT_FIELDS present in the records
+    records: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    constants: ClusterConstants
+    documents_per_pack: float
+    run: MeasuredRun
+    before: StepTime  # the run's layout predicted with the flags' constants
+    after: StepTime  # ... and with the fitted ones
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The iteration records of a ``--metrics-file`` (validation lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetricsFileError(f"--calibrate {path}: no such file (the trainer's --metrics-file)")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MetricsFileError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+        if isinstance(record, dict) and "elapsed_ms_per_iteration" in record:
+            missing = [k for k in REQUIRED_FIELDS if not isinstance(record.get(k), (int, float))]
+            if missing:
+                raise MetricsFileError(f"{path}:{number}: iteration record without {', '.join(missing)}")
+            records.append(record)
+    if not records:
+        raise MetricsFileError(f"{path}: no iteration records (run the trainer with --metrics-file "
+                               "and --log-interval smaller than --train-iters)")
+    return records
+
+
+def measured_run(records: list[dict], layout: Layout) -> MeasuredRun:
+    timed = records[1:] if len(records) > 1 else records  # the first interval holds warm-up
+
+    def median(key: str) -> float:
+        return statistics.median(float(r[key]) for r in timed)
+
+    split = {name: median(key) for name, key in TIME_SPLIT_FIELDS.items()
+             if all(isinstance(r.get(key), (int, float)) for r in timed)}
+    return MeasuredRun(layout, median("elapsed_ms_per_iteration"), median("tokens_per_second"),
+                       median("tflops_per_gpu"), int(timed[-1]["global_batch_size"]), split, len(timed))
+
+
+def documents_per_pack(job: Job, run: MeasuredRun) -> float:
+    """Equal-length documents per pack that make as many attention pairs as the run's data."""
+    preset = job.preset
+    work = job.workload(run.layout.tp)
+    flops_per_token = run.tflops_per_gpu * 1e12 * run.layout.gpus / run.tokens_per_second
+    attention_per_token = flops_per_token / flops.TRAINING_FLOPS_PER_FORWARD - flops.forward_flops_per_token(
+        preset, work.padded_vocab)
+    pairs = attention_per_token / flops.attention_forward_flops_per_layer(preset, 1.0) / preset.num_layers
+    pairs_per_pack = pairs * job.seq_length
+    s = job.seq_length
+    # A pack of d equal documents makes s (s/d + 1) / 2 pairs: between s (all singletons) and s(s+1)/2.
+    pairs_per_pack = min(max(pairs_per_pack, s), s * (s + 1) / 2)
+    return s / (2 * pairs_per_pack / s - 1)
+
+
+def solve_increasing(target: float, f, low: float = 1e-6, high: float = 1e6) -> float:
+    """``x`` with ``f(x) = target`` for ``f`` decreasing in ``x`` (bisection on a log scale)."""
+    for _ in range(200):
+        middle = math.sqrt(low * high)
+        if f(middle) > target:
+            low = middle
+        else:
+            high = middle
+    return math.sqrt(low * high)
+
+
+def fit_dp_bandwidth(work, layout: Layout, constants: ClusterConstants, step: StepTime,
+                     exposed_s: float) -> ClusterConstants:
+    """The DP bandwidth that leaves ``exposed_s`` of the gradient traffic exposed."""
+    all_traffic = dp_comm_seconds(work, layout, constants)
+    if layout.dp == 1 or exposed_s <= 0 or all_traffic == 0:
+        return constants  # nothing exposed: the run says nothing about the bandwidth
+    window = (step.compute + step.recompute) / step.microbatches
+    overlap = constants.dp_overlap
+    needed = exposed_s / (1 - overlap) if overlap < 1 else math.inf
+    if overlap * needed > window:
+        needed = exposed_s + window
+    gbps = dp_gbps(work, layout, constants) * all_traffic / needed
+    if layout.tp * layout.dp > work.gpus_per_node:
+        return replace(constants, inter_node_gbps=gbps)
+    return replace(constants, intra_node_gbps=gbps)
+
+
+def calibrate(job: Job, run: MeasuredRun, constants: ClusterConstants) -> Calibration:
+    """Constants (and documents per pack) that reproduce ``run``; ``job`` is the planned job,
+    whose model, sequence and micro-batch the run used."""
+    docs = documents_per_pack(job, run)
+    run_job = replace(job, gpus=run.layout.gpus, global_batch=run.global_batch, documents_per_pack=docs)
+    work = run_job.workload(run.layout.tp)
+    if predict(work, run.layout, constants) is None:
+        raise MetricsFileError(f"the run's global batch {run.global_batch} does not split over "
+                               f"{run.layout.describe()} (check --calibrate-layout)")
+    before = predict(replace(work, documents_per_pack=job.documents_per_pack), run.layout, constants)
+    split = run.split_ms
+    if "data_wait" in split or "optimizer" in split:
+        constants = replace(constants, step_overhead_ms=split.get("data_wait", 0.0) + split.get("optimizer", 0.0))
+
+    def predicted_seconds(tflops: float) -> float:
+        step = predict(work, run.layout, replace(constants, achieved_tflops=tflops))
+        if "forward_backward" in split:
+            return step.compute + step.recompute + step.tp_comm + step.bubble
+        return step.total
+
+    target = split.get("forward_backward", run.step_ms) / 1000.0
+    constants = replace(constants, achieved_tflops=solve_increasing(target, predicted_seconds))
+    if "grad_reduce" in split:
+        step = predict(work, run.layout, constants)
+        constants = fit_dp_bandwidth(work, run.layout, constants, step, split["grad_reduce"] / 1000.0)
+    return Calibration(constants, docs, run, before, predict(work, run.layout, constants))
