@@ -315,10 +315,10 @@ def test_sbatch_example_runs_a_task_and_skips_it_when_resubmitted(clips, codec_d
            "PYTHONPATH": str(REPO), "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_ID": "1",
            "SLURM_ARRAY_TASK_MIN": "0", "EXTRA_ARGS": "--device cpu"}
     script = [str(REPO / "examples" / "tokenize_speech.sh")]
-    first = subprocess.run(["bash", *script], env=env, capture_output=True, text=True)
+    first = subprocess.run(["bash", *script], env=env, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr
     shard = tmp_path / "pairs-00001-of-00002.jsonl"
     assert [Path(json.loads(line)["audio"]).stem for line in shard.read_text().splitlines()] == \
         ["bravo", "charlie"]
-    again = subprocess.run(["bash", *script], env=env, capture_output=True, text=True)
+    again = subprocess.run(["bash", *script], env=env, capture_output=True, text=True, check=False)
     assert again.returncode == 0 and "shard 1 of 2 already written" in again.stderr

@@ -261,8 +261,8 @@ def tokenize_shard(config: TokenizeSpeechConfig, items: list[Item], codec) -> di
     with atomic_file(f"{prefix}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as out:
         for start in range(0, len(numbered), window):
             writer.encode_window(numbered[start: start + window])
-            for index in sorted(writer.samples):  # input order within the window
-                out.write(json.dumps(writer.samples[index], separators=(",", ":")) + "\n")
+            out.writelines(json.dumps(writer.samples[index], separators=(",", ":")) + "\n"
+                           for index in sorted(writer.samples))  # input order within the window
             written += len(writer.samples)
             writer.samples.clear()
         out.flush()
