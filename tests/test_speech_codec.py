@@ -115,6 +115,7 @@ def test_read_audio_resamples_to_16khz_mono(clips, tmp_path):
     assert np.corrcoef(a[:n], b[:n])[0, 1] > 0.99  # the same speech, not just the same length
 
 
+@pytest.mark.slow
 def test_encode_gives_four_equal_lists_at_50_frames_per_second(codec, clips):
     waveforms = [read_audio(p) for p in clip_paths(clips)]
     batched = codec.encode(waveforms)
@@ -214,7 +215,6 @@ def test_tokenized_jsonl_preprocesses_into_the_spch_layout(tokenized, codec, cli
             np.array_equal(document[-spch.size:], spch)
 
 
-@pytest.mark.slow
 def test_skip_report_names_each_file_and_reason(tokenized, bad_clips):
     prefix, err = tokenized
     report = json.loads(Path(f"{prefix}.report.json").read_text())
@@ -228,7 +228,6 @@ def test_skip_report_names_each_file_and_reason(tokenized, bad_clips):
     assert re.search(r"7/7 files, [\d.]+ s of audio, [\d.]+ s of audio per s", err), err
 
 
-@pytest.mark.slow
 def test_shards_follow_the_slurm_array_and_resume(clips, codec_dir, tmp_path, monkeypatch):
     prefix = tmp_path / "sharded"
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
@@ -250,7 +249,6 @@ def test_shards_follow_the_slurm_array_and_resume(clips, codec_dir, tmp_path, mo
     assert rc == 2 and "--shard-index must be in 0..1" in err
 
 
-@pytest.mark.slow
 def test_tokenize_from_a_manifest(clips, codec_dir, tmp_path):
     manifest = tmp_path / "manifest.jsonl"
     lines = [{"audio": str(clips / "bravo.flac"), "transcription": SENTENCES["bravo"],
@@ -267,7 +265,6 @@ def test_tokenize_from_a_manifest(clips, codec_dir, tmp_path):
     assert rc == 2 and f"{manifest}:1: not JSON" in err
 
 
-@pytest.mark.slow
 def test_decode_speech_writes_each_generated_span(codec, codec_dir, clips, mio_tokenizer, tmp_path):
     import soundfile
 
@@ -304,7 +301,6 @@ def test_install_keeps_the_pinned_torch_and_skips_the_trainer(codec):
     assert "speechtokenizer.trainer" not in sys.modules  # its imports need torchaudio & co.
 
 
-@pytest.mark.slow
 def test_sbatch_example_runs_a_task_and_skips_it_when_resubmitted(clips, codec_dir, tmp_path):
     """examples/tokenize_speech.sh as one array task would run it (Slurm's variables set by hand;
     tests/test_preprocess_slurm.py covers sbatch itself for the preprocessing twin)."""
