@@ -19,6 +19,7 @@ CONSOLE_SCRIPTS = {
     "mio-generate": "megatron_mio.commands.generate:main",
     "mio-tokenize-speech": "megatron_mio.commands.tokenize_speech:main",
     "mio-decode-speech": "megatron_mio.commands.decode_speech:main",
+    "mio-build-wheelhouse": "megatron_mio.commands.build_wheelhouse:main",
     "mio-checkpoint": "megatron_mio.checkpoint.__main__:main",
 }
 

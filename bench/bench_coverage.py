@@ -61,7 +61,7 @@ def measure(name: str, samples: list[dict], tokenizer: str, workdir: str, seq_le
         prefix = os.path.join(workdir, f"{_file_name(name)}_{mode}")
         report = preprocess(PreprocessConfig(inputs=[data], output_prefix=prefix,
                                              tokenizer=tokenizer, stage="2", seq_length=limit,
-                                             workers=workers, progress=False))
+                                             workers=workers, progress=False)).report.to_json()
         packed = PackedDataset(prefix, PackingConfig(seq_length, seed=1)).meta
         corpus_tokens = report["tokens"]["total"] + report["dropped"]["tokens"]
         row[mode] = {

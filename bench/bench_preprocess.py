@@ -19,6 +19,7 @@ pieces); Yi's 64,000-piece model makes text encoding a little slower on both pat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -27,7 +28,7 @@ import time
 
 import numpy as np
 
-from megatron_mio.data import schema as S
+from megatron_mio.data import sample_types as ST
 from megatron_mio.data import synthetic
 from megatron_mio.data import templates as T
 from megatron_mio.data.preprocess import PreprocessConfig, preprocess
@@ -63,17 +64,17 @@ def compare_paths(mix, tokenizer: MIOTokenizer, auto) -> list[dict]:
     renderer = T.TemplateRenderer(tokenizer, "2")
     rows = []
     for name, samples in mix.items():
-        parsed = [S.parse_sample(s) for s in samples]
-        docs = [renderer.render(p, np.random.default_rng(i)) for i, p in enumerate(parsed)]
+        parsed = [ST.parse_sample(s) for s in samples]
+        docs = [ST.render(renderer, p, np.random.default_rng(i)) for i, p in enumerate(parsed)]
         strings = [T.format_document(d, tokenizer) for d in docs]
-        direct = [T.render_sample(renderer, p, np.random.default_rng(i))[0]
+        direct = [ST.render_sample(renderer, p, np.random.default_rng(i))[0]
                   for i, p in enumerate(parsed)]
         assert all(auto(s)["input_ids"] == d.tolist() for s, d in zip(strings, direct)), name
         n_tokens = sum(d.size for d in direct)
 
         def run_direct():
             for i, p in enumerate(parsed):
-                T.render_sample(renderer, p, np.random.default_rng(i))
+                ST.render_sample(renderer, p, np.random.default_rng(i))
 
         def run_format():
             for d in docs:
@@ -107,13 +108,15 @@ def compare_workers(samples: list[dict], tokenizer_dir: str, workdir: str) -> li
         prefix = os.path.join(workdir, f"w{workers}")
         config = PreprocessConfig(inputs=[data], output_prefix=prefix, tokenizer=tokenizer_dir,
                                   stage="2", workers=workers, progress=False)
-        report = preprocess(config)  # includes starting the worker processes
-        main = sum(report["main_seconds"].values())
+        result = preprocess(config)  # includes starting the worker processes
+        report = result.report.to_json()
+        main_seconds = dataclasses.asdict(result.main_seconds)
+        main = sum(main_seconds.values())
         rows.append({"workers": workers, "samples": len(samples),
                      "documents": report["documents_written"],
-                     "tokens": report["tokens"]["total"], "seconds": report["seconds"],
-                     "tok_s": report["tokens"]["total"] / report["seconds"],
-                     "main_seconds": report["main_seconds"],
+                     "tokens": report["tokens"]["total"], "seconds": result.seconds,
+                     "tok_s": report["tokens"]["total"] / result.seconds,
+                     "main_seconds": main_seconds,
                      "main_us_per_document": 1e6 * main / report["documents_written"]})
         outputs.append({s: open(prefix + s, "rb").read() for s in (".bin", ".idx", ".loss_mask.bin",
                                                                   ".loss_mask.idx")})

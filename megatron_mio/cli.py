@@ -1,6 +1,10 @@
 """What every command line of megatron_mio shares.
 
-- ``make_parser``: an ``argparse`` parser with ``--version`` and ``-v/--verbose``;
+- ``make_parser``: an ``argparse`` parser with ``--version`` and ``-v/--verbose`` whose mistakes
+  are one ``prog: error: ...`` line (exit status 2), not a usage block;
+- ``TOKENIZER_FLAGS``, ``TP_FLAGS``, ``PP_FLAGS``, ``PRESET_FLAGS``: the tools' short flags with the
+  trainer's long names as aliases, so one spelling works in every command;
+- ``positive_int``, ``non_negative_int``, ``byte_size``: argument types whose error names the rule;
 - ``run``: calls a command's body and turns a user's mistake (``UsageError``, or any exception
   type the command names) into one ``prog: error: ...`` line with exit status 2, and Ctrl-C into
   one line with status 130, never a traceback;
@@ -18,6 +22,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -40,14 +45,85 @@ def version() -> str:
         return "0+unknown"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``; the installed version is looked up only when asked for (importlib.metadata
+    scans every installed distribution: too slow for each start)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show the megatron_mio version and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} (megatron_mio) {version()}")  # stdout, as argparse's own version action
+        parser.exit()
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse whose mistakes are one ``prog: error: ...`` line; ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_INPUT_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def make_parser(prog: str, doc: str | None, **kwargs) -> argparse.ArgumentParser:
     """The parser of command ``prog``; ``doc`` (the command's module docstring) is its help text."""
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-    parser = argparse.ArgumentParser(prog=prog, description=doc, **kwargs)
-    parser.add_argument("--version", action="version", version=f"%(prog)s (megatron_mio) {version()}")
+    kwargs.setdefault("allow_abbrev", False)  # a prefix of one flag must not silently become another
+    parser = _OneLineErrors(prog=prog, description=doc, **kwargs)
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show the libraries' warnings and log lines")
     return parser
+
+
+# The tools' short flags, then the trainer's name for the same setting (training/arguments.py):
+# ``parser.add_argument(*cli.TP_FLAGS, dest="tp", ...)``.
+TOKENIZER_FLAGS = ("--tokenizer", "--tokenizer-model")
+TP_FLAGS = ("--tp", "--tensor-model-parallel-size")
+PP_FLAGS = ("--pp", "--pipeline-model-parallel-size")
+PRESET_FLAGS = ("--preset", "--model-preset")
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+_SIZE_UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9, "b": 1}
+
+
+def byte_size(text: str) -> int:
+    """'2GB', '500MB', '1GiB' or a byte count -> bytes."""
+    lowered = text.strip().lower()
+    number, factor = lowered, 1
+    for suffix, unit in _SIZE_UNITS.items():
+        if lowered.endswith(suffix):
+            number, factor = lowered[: -len(suffix)], unit
+            break
+    try:
+        size = int(float(number) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give bytes or a number with "
+                                         "KB/MB/GB/KiB/MiB/GiB, e.g. 2GB") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size must be positive")
+    return size
 
 
 # Library loggers whose INFO/WARNING lines are not the user's business unless --verbose.
@@ -66,25 +142,51 @@ def quiet_libraries(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def check_writable(path: str | os.PathLike, flag: str) -> Path:
-    """``path`` (a file or directory to create) can be written: its nearest existing ancestor is a
-    writable directory. Raises ``UsageError`` naming ``flag`` otherwise."""
+def check_writable(path: str | os.PathLike, flag: str, *, directory: bool = False,
+                   replaced: bool = False) -> Path:
+    """``path`` (a file, or with ``directory`` a directory) can be written: its nearest existing
+    ancestor is a writable directory; an existing directory must be writable itself, or with
+    ``replaced`` (a new one renamed over it) its parent.  Raises ``UsageError`` naming ``flag``
+    otherwise.  Called before any heavy work, so a bad output costs nothing."""
     path = Path(path)
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        if existing == path:
-            directory = path.parent
-        else:
-            raise UsageError(f"{flag} {path}: {existing} is a file, not a directory")
+    if path.exists():
+        if directory and not path.is_dir():
+            raise UsageError(f"{flag} {path}: is a file, not a directory")
+        if not directory and path.is_dir():
+            raise UsageError(f"{flag} {path}: is a directory; give a file name")
+        parent = path if path.is_dir() and not replaced else path.parent
     else:
-        directory = existing
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: {directory} is not writable (choose another location)")
+        parent = path.parent
+        while not parent.exists() and parent.parent != parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UsageError(f"{flag} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {parent} is not writable (choose another location)")
     return path
+
+
+# How long the other ranks of a torchrun job leave rank 0 to report a mistake that every rank found.
+RANK0_GRACE_SECONDS = 20.0
+
+
+def report_input_error(error: BaseException, prog: str | None = None) -> None:
+    """One line, no traceback: ``prog: error: ...`` (``error: ...`` without ``prog``).
+
+    Under torchrun every rank finds the same mistake (inputs are checked before the ranks meet),
+    so only rank 0 speaks: the others wait first, since one that exits early makes torchrun stop
+    rank 0 before it prints.  Rank 0's exit ends the job; a rank still alive after the grace time
+    speaks for itself.
+    """
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if rank != 0:
+        time.sleep(RANK0_GRACE_SECONDS)
+    head = f"{prog}: error" if prog else "error"
+    if rank != 0:
+        head += f" (rank {rank})"
+    # str(KeyError("x")) is "'x'": print the message itself.
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    print(f"{head}: {message}", file=sys.stderr, flush=True)
 
 
 def run(prog: str, body: Callable[[], int | None],
@@ -97,7 +199,7 @@ def run(prog: str, body: Callable[[], int | None],
     try:
         return int(body() or 0)
     except (UsageError, *input_errors) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+        report_input_error(error, prog)
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)

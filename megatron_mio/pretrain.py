@@ -1,44 +1,36 @@
 """Train MIO: ``python -m megatron_mio.pretrain --config examples/configs/stage1.yaml [flags]``.
 
 Launch one process per GPU with torchrun (or srun + torchrun); ``--use-cpu`` runs on the CPU with
-gloo.  Every flag is described by ``--help`` (``megatron_mio/training/arguments.py``).
+gloo.  Every flag is described by ``--help`` (``megatron_mio/training/arguments.py``); besides
+those, ``--version`` and ``-v/--verbose`` (the libraries' own log lines and warnings, hidden
+otherwise).
 """
 
-import os
 import sys
-import time
 
-from megatron_mio import platform
+from megatron_mio import cli
+
+PROG = "python -m megatron_mio.pretrain"
+
+
+def split_common_flags(argv: list[str]):
+    """(``--version`` / ``-v`` parsed, the trainer's flags): the trainer's parser has neither."""
+    common = cli.make_parser(PROG, None, add_help=False)  # --help stays the trainer's
+    return common.parse_known_args(argv)
 
 
 def main(argv=None) -> int:
-    platform.quiet_import_warnings()
+    common, trainer_argv = split_common_flags(sys.argv[1:] if argv is None else list(argv))
+    cli.quiet_libraries(common.verbose)  # before torch and megatron-core are imported
     from megatron_mio.training.arguments import ConfigError
     from megatron_mio.training.trainer import pretrain
 
     try:
-        pretrain(argv)
+        pretrain(trainer_argv)
     except ConfigError as err:
-        report_mistake(err)
-        return 2
+        cli.report_input_error(err)  # one line, rank 0 only
+        return cli.EXIT_INPUT_ERROR
     return 0
-
-
-# How long the other ranks leave rank 0 to report a mistake that every rank found.
-RANK0_GRACE_SECONDS = 20.0
-
-
-def report_mistake(err: Exception) -> None:
-    """One line, no traceback, from rank 0 only.
-
-    Every rank finds the same mistake (arguments and files are checked before the ranks meet).
-    The other ranks wait before exiting: one that exits first makes torchrun stop rank 0 before it
-    prints.  Rank 0's exit ends the job; a rank still alive after the grace time speaks for itself.
-    """
-    rank = int(os.environ.get("RANK", "0"))
-    if rank != 0:
-        time.sleep(RANK0_GRACE_SECONDS)
-    print(f"error: {err}" if rank == 0 else f"error (rank {rank}): {err}", file=sys.stderr, flush=True)
 
 
 # The guard matters: async checkpoint writers re-import this module in a child process.

@@ -17,15 +17,20 @@ Hugging Face and generation (``tools/convert_to_hf.py``, ``tools/generate.py``) 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from megatron_mio import cli
 from megatron_mio.atomic import atomic_file, write_text
 from megatron_mio.tokenizer.vocab import Modality
 
-SEQ_LENGTH = 512  # long enough for most synthetic speech samples; small enough for 2 CPU cores
+SEQ_LENGTH = 512  # small enough for 2 CPU cores
+# Every sample must fit SEQ_LENGTH whole (pairs and speech segments are never cut), so speech is
+# short here: generated speech is four codebooks (4 tokens per code, 50 codes/s), and a voice
+# chat (user speech in, assistant speech out: 5 tokens per code) shares a piece with its ~110-
+# token system prompt: 1.4 s is 70 codes, 350 + ~25 tokens of ChatML.
+SPEECH_SECONDS = (0.6, 1.4)
 MODALITIES = tuple(m.label for m in Modality)
 
 
@@ -44,14 +49,21 @@ def _paths(workdir: Path) -> dict[str, Path]:
     }
 
 
+def write_quickstart_corpus(directory: Path, scale: int = 2) -> dict:
+    """The synthetic corpus of every data type, each sample short enough for SEQ_LENGTH."""
+    from megatron_mio.data.synthetic import write_sample_corpus
+
+    return write_sample_corpus(directory, seed=0, scale=scale, speech_seconds=SPEECH_SECONDS)
+
+
 def prepare(workdir: Path, scale: int = 2) -> dict[str, Path]:
     """Corpus, base SentencePiece model, MIO tokenizer, indexed datasets and the mixture YAML."""
     from megatron_mio.data.preprocess import PreprocessConfig, preprocess
-    from megatron_mio.data.synthetic import sample_text_lines, write_sample_corpus
+    from megatron_mio.data.synthetic import sample_text_lines
     from megatron_mio.tokenizer import build_mio_tokenizer, train_sentencepiece
 
     paths = _paths(workdir)
-    corpus = write_sample_corpus(paths["corpus"], seed=0, scale=scale)
+    corpus = write_quickstart_corpus(paths["corpus"], scale)
     print(f"corpus: {corpus['pretrain']} and {corpus['sft']}")
     paths["base_model"].parent.mkdir(parents=True, exist_ok=True)
     train_sentencepiece(sample_text_lines(n=2000, seed=0), paths["base_model"], vocab_size=1000)
@@ -62,12 +74,14 @@ def prepare(workdir: Path, scale: int = 2) -> dict[str, Path]:
     prefixes = {}
     for name, source, stage in (("pretrain", corpus["pretrain"], "2"), ("sft", corpus["sft"], "sft")):
         prefix = paths["data"] / name
-        report = preprocess(PreprocessConfig(inputs=[str(source)], output_prefix=str(prefix),
+        result = preprocess(PreprocessConfig(inputs=[str(source)], output_prefix=str(prefix),
                                              tokenizer=str(paths["tokenizer"]), stage=stage,
                                              seq_length=SEQ_LENGTH, progress=False))
         prefixes[name] = prefix
-        print(f"preprocessed {source} -> {prefix}.bin/.idx (+ loss masks): "
-              f"{json.dumps({k: v for k, v in report.items() if isinstance(v, int)})}")
+        counts = {k: v for k, v in result.report.to_json().items() if isinstance(v, int)}
+        print(f"preprocessed {source} -> {prefix}.bin/.idx (+ loss masks): {json.dumps(counts)}")
+        for line in result.report.warnings():  # none: the corpus is made to fit SEQ_LENGTH
+            print(f"quickstart: warning: {prefix}: {line}", file=sys.stderr)
     # Pre-training documents of every type, plus chats (trained on assistant turns only).
     mixture = (
         "description: MIO quickstart (synthetic samples of every data type)\n"
@@ -143,11 +157,12 @@ def summary(workdir: Path) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="steps of examples/quickstart.sh")
+    parser = cli.make_parser("quickstart", "steps of examples/quickstart.sh")
     parser.add_argument("step", choices=["prepare", "summary"])
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--scale", type=int, default=2, help="corpus size multiplier (prepare)")
     args = parser.parse_args(argv)
+    cli.quiet_libraries(args.verbose)
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.step == "prepare":
         prepare(args.workdir, args.scale)

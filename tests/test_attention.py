@@ -256,6 +256,7 @@ def test_cu_seqlens_that_do_not_cover_the_pack_are_refused():
         attention_kwargs(torch.tensor([[0, 4, 8, -1]], dtype=torch.int32), 10, "torch")
 
 
+@pytest.mark.multiprocess
 def test_tensor_and_pipeline_parallel_logits_equal_single_rank(tmp_path):
     """TP=2 (heads split; GQA groups 2 -> 1 per rank, and 1 group split across ranks) for the torch
     and local backends, and PP=2 through megatron's pipeline schedule for the torch backend,
@@ -268,3 +269,64 @@ def test_tensor_and_pipeline_parallel_logits_equal_single_rank(tmp_path):
     for key, (single, parallel) in results.items():
         assert single.shape == parallel.shape == (2, 40, 256)
         torch.testing.assert_close(parallel, single, atol=TOL, rtol=0, msg=str(key))
+
+
+# ---- one record per backend ----------------------------------------------------------------------
+
+
+def test_every_backend_record_has_every_piece_and_each_piece_works(megatron_world):
+    """A backend is one AttentionBackend record: a record without one of its pieces does not
+    construct, and every piece of every record is used here as the trainer uses it."""
+    import dataclasses
+
+    from megatron_mio.model.attention import (
+        BACKENDS, AttentionBackend, _document_core_attention_classes, available_backends, default_backend,
+    )
+    from megatron_mio.model.fusions import available_fusions
+
+    fields = dataclasses.fields(AttentionBackend)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+    with pytest.raises(TypeError, match="missing 1 required"):
+        AttentionBackend(**{f.name: getattr(BACKENDS["torch"], f.name) for f in fields[:-1]})
+
+    cu = torch.tensor([[0, 10, 64, -1]], dtype=torch.int32)
+    for name, record in BACKENDS.items():
+        assert record.name == name
+        if not record.available():
+            assert name not in available_backends() and record.missing
+            with pytest.raises(ValueError, match="cannot run here"):
+                record.layer_spec()
+            continue
+        spec = record.layer_spec()
+        attention = spec.submodules.self_attention
+        assert attention.submodules.core_attention is record.core_attention()
+        assert attention.params["attn_mask_type"] == record.mask_type
+        assert record.core_attention() in _document_core_attention_classes()
+        inputs = record.inputs(cu, 64, None)
+        assert (inputs.get("packed_seq_params") is not None) != (inputs.get("attention_mask") is not None), name
+        fusions = available_fusions(name, "cpu")  # apex and TE absent here: both fusions off
+        assert not fusions.masked_softmax_fusion and not fusions.gradient_accumulation_fusion
+    assert BACKENDS[default_backend()].default_candidate
+    assert not BACKENDS["local"].default_candidate  # the slow exact reference is never the default
+
+
+@torch.no_grad()
+def test_a_new_backend_is_one_record(megatron_world, monkeypatch):
+    """Registering a record is all it takes: the spec, the model's inputs, the masking check and
+    the fusions all follow it (here a copy of ``torch`` under another name, same logits)."""
+    import dataclasses
+
+    from megatron_mio.model import attention
+    from tests.attention_models import build_tiny_model, logits
+
+    record = dataclasses.replace(attention.BACKENDS["torch"], name="torch-copy")
+    monkeypatch.setitem(attention.BACKENDS, "torch-copy", record)
+    assert "torch-copy" in attention.available_backends()
+    tokens, positions, cu, _ = _pack()
+    reference = build_tiny_model("torch")
+    copy = build_tiny_model("torch-copy")
+    copy.load_state_dict(reference.state_dict())
+    torch.testing.assert_close(logits(copy, tokens, positions, cu, "torch-copy"),
+                               logits(reference, tokens, positions, cu, "torch"), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        attention.layer_spec("flash")

@@ -74,6 +74,8 @@ def test_tokenizer_json_without_mio_tokens(tmp_path, mio_tokenizer_dir):
         parse_args([*BASE, "--tokenizer-model", str(directory)], world_size=1)
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_damaged_checkpoint_names_iteration_file_and_fallback(damaged):
     data = sorted(Path(iteration_dir(damaged, 2)).glob("*.distcp"))[0]
     with pytest.raises(CheckpointError, match=rf"checkpoint iteration 2 in {damaged} is damaged: {data} has \d+ bytes, "
@@ -84,6 +86,8 @@ def test_damaged_checkpoint_names_iteration_file_and_fallback(damaged):
         find_checkpoint(load_args(damaged, "--ckpt-step", "7"))
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_damaged_checkpoint_fallback_resumes(damaged, tmp_path):
     """The advice works: --ckpt-step 1 resumes from iteration 1 and trains iteration 2 again."""
     save = tmp_path / "ckpt"
@@ -147,6 +151,8 @@ def mistake(row: str, root: Path, damaged: Path, sentencepiece_dir: Path) -> tup
 ROWS = ["tokenizer", "damaged_checkpoint", "seq_length", "negative_lr", "missing_load"]
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("row", ROWS)
 def test_each_mistake_is_one_line_on_rank_0(row, tmp_path, damaged, sentencepiece_dir):
     flags, culprit = mistake(row, tmp_path, damaged, sentencepiece_dir)

@@ -52,6 +52,8 @@ def copy_checkpoint(src_root: Path, iteration: int, dst_root: Path) -> Path:
     return dst_root
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_resume_3_plus_3_equals_6_straight(runs_root):
     straight = straight_dp2(runs_root)
     ckpt = Path(straight["dir"]) / "ckpt"
@@ -71,6 +73,8 @@ def test_resume_3_plus_3_equals_6_straight(runs_root):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["tp2", "pp2", "vpp2"])
 def test_reshard_to_tp1_pp1_next_loss_matches(runs_root, source):
     """Model and optimizer state saved at iteration 3 continue exactly at TP=PP=1.
@@ -103,6 +107,8 @@ def test_padded_vocab_for_load(tp, saved, expected):
     assert padded_vocab_for_load(300, 128, tp, layout) == expected
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_finetune_loads_weights_only(runs_root):
     """--finetune from iteration 6: iteration counter, schedule and samples start at 0."""
     straight = straight_dp2(runs_root)
@@ -125,6 +131,8 @@ def test_tracker_is_written_atomically(tmp_path):
         read_tracker(tmp_path)
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(runs_root, tmp_path):
     """SIGTERM mid-run: the iteration finishes, a complete checkpoint is marked, exit code 0."""
     save = tmp_path / "ckpt"

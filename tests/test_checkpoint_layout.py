@@ -34,6 +34,8 @@ def query(directory) -> subprocess.CompletedProcess:
 def test_latest_query_answers_none_found_and_damaged(tmp_path):
     none = query(tmp_path / "nowhere")
     assert (none.returncode, none.stdout) == (0, "")
+    iteration_dir(tmp_path, 300).mkdir()
+    (iteration_dir(tmp_path, 300) / CHECKPOINT_CONFIG).write_text("{}")
     write_tracker(tmp_path, 300)
     found = query(tmp_path)
     assert (found.returncode, found.stdout) == (0, "300\n")
@@ -55,6 +57,8 @@ def test_launch_script_resumes_through_the_query(tmp_path):
                               capture_output=True, text=True, check=True)
 
     assert "--load" not in launch().stdout
+    iteration_dir(tmp_path, 12).mkdir()
+    (iteration_dir(tmp_path, 12) / CHECKPOINT_CONFIG).write_text("{}")
     write_tracker(tmp_path, 12)
     run = launch()
     assert f"resuming from {tmp_path} (iteration 12)" in run.stderr and f"--load {tmp_path}" in run.stdout

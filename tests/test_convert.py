@@ -121,6 +121,7 @@ def run_compare_logits(hf_dir, load, tp, pp, out: Path, extra=()):
     return json.loads(report.read_text())
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)])
 def test_logit_parity_with_transformers(hf_model, tmp_path, tp, pp):
     convert_from_hf(str(hf_model), str(tmp_path / "mg"), tp=tp, pp=pp, progress=False)
@@ -129,6 +130,7 @@ def test_logit_parity_with_transformers(hf_model, tmp_path, tp, pp):
     assert report["tokens"] > 40
 
 
+@pytest.mark.multiprocess
 def test_compare_logits_fails_on_a_wrong_model(hf_model, base_vocab, tmp_path):
     """The parity tool has teeth: another model's weights exceed the tolerance (exit 1)."""
     other = save_random_llama(tmp_path / "other", tiny_llama_config(base_vocab), seed=1)

@@ -21,6 +21,8 @@ from megatron_mio.training.mock_data import mock_modality_table, mock_pack
 from tests.test_convert import ROPE_BASE, save_random_llama, tiny_llama_config
 from tests.trainer_runs import train
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
 VOCAB = 1000  # padded to 1024 columns at TP=1 and TP=2
 SEQ, GLOBAL_BATCH, SEED = 64, 4, 1234
 RTOL = 2e-6

@@ -43,6 +43,8 @@ def trained_export(tmp_path_factory, base_vocab, mio_tokenizer_dir, mio_tokenize
     return {"root": root, "hf": hf, "export": root / "export"}
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_extended_model_trains_and_exports(trained_export, mio_tokenizer, base_vocab):  # noqa: F811
     root = trained_export["root"]
     records = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -58,6 +60,8 @@ def test_extended_model_trains_and_exports(trained_export, mio_tokenizer, base_v
         assert (before[name] - after[name][: before[name].shape[0]]).abs().max() < 0.05, name
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_trained_model_generates(trained_export, tmp_path, mio_tokenizer):
     out = tmp_path / "gen.json"
     subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "generate.py"), "--hf-dir", trained_export["export"],

@@ -38,6 +38,8 @@ def _train(tmp_path, name, extra, nproc=2):
     return proc.stdout + proc.stderr, {r["iteration"]: r["loss"] for r in metrics(out / "m.jsonl") if "loss" in r}
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "local"])
 def test_gpu_configuration_trains_and_resumes_on_cpu(tmp_path, backend):
     """bf16 + distributed optimizer + every fusion that imports, DP=2; resume is exact."""
@@ -54,6 +56,8 @@ def test_gpu_configuration_trains_and_resumes_on_cpu(tmp_path, backend):
     assert resumed == {3: straight[3], 4: straight[4]}
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_dp_reshardable_optimizer_refuses_another_tp_with_the_way_out(tmp_path):
     """The default (cheap) optimizer format reloads at its TP/PP only, and says how to move."""
     from megatron.core import dist_checkpointing
@@ -71,6 +75,8 @@ def test_dp_reshardable_optimizer_refuses_another_tp_with_the_way_out(tmp_path):
     assert "--dist-ckpt-optim-fully-reshardable" in message and "--no-load-optim" in message
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_fully_reshardable_flag_reshards_tp2_to_tp1(tmp_path):
     base = [*GPU_LIKE[:-2], "--use-distributed-optimizer", "--no-bias-swiglu-fusion", "--no-bias-dropout-fusion"]
     save = tmp_path / "tp2"
@@ -86,6 +92,7 @@ def test_fully_reshardable_flag_reshards_tp2_to_tp1(tmp_path):
     assert "resumed from" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_a_failed_start_exits_promptly_with_its_message(tmp_path):
     """An exception after the checkpointer has started its helper process must not hang at exit."""
     base = [sys.executable, "-m", "megatron_mio.pretrain", *GPU_LIKE[:-2], "--no-bias-swiglu-fusion",
@@ -181,36 +188,80 @@ def varlen_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_a
     return _dense(query, key, value, cu_seq_q, scale, tuple(window_size) == (-1, 0))
 
 
-@pytest.mark.parametrize("varlen", [varlen_2_9, varlen_2_10, varlen_2_12], ids=["2.9", "2.10", "2.12"])
+def varlen_2_11_grouped(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                        window_size=(-1, -1)):
+    """2.10/2.11's signature over a kernel that takes K/V heads dividing the query heads (flash)."""
+    key = key.repeat_interleave(query.size(1) // key.size(1), dim=1)
+    value = value.repeat_interleave(query.size(1) // value.size(1), dim=1)
+    return _dense(query, key, value, cu_seq_q, scale, tuple(window_size) == (-1, 0))
+
+
+def varlen_2_11_wrong_groups(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                             window_size=(-1, -1)):
+    """Takes grouped K/V without complaint but pairs the heads wrongly (tiled, not interleaved)."""
+    key = key.repeat(1, query.size(1) // key.size(1), 1)
+    value = value.repeat(1, query.size(1) // value.size(1), 1)
+    return _dense(query, key, value, cu_seq_q, scale, tuple(window_size) == (-1, 0))
+
+
+STAND_INS = {"2.9": varlen_2_9, "2.10": varlen_2_10, "2.11-grouped": varlen_2_11_grouped, "2.12": varlen_2_12}
+
+
+def _varlen(varlen):
+    from megatron_mio.model.document_attention import Varlen, VarlenSignature, probe_grouped_kv
+
+    signature = VarlenSignature.of(varlen)
+    return Varlen(varlen, signature, probe_grouped_kv(varlen, signature, "cpu"))
+
+
+@pytest.mark.parametrize("varlen", list(STAND_INS.values()), ids=list(STAND_INS))
 @pytest.mark.parametrize("scale", [None, 0.05])
 def test_varlen_call_matches_each_torch_signature(varlen, scale):
-    from megatron_mio.model.document_attention import VarlenSignature, varlen_kernel
+    from megatron_mio.model.document_attention import varlen_kernel
 
     torch.manual_seed(0)
     q, k, v = torch.randn(20, 4, 8), torch.randn(20, 2, 8), torch.randn(20, 2, 8)
     cu = torch.tensor([0, 7, 15, 20], dtype=torch.int32)
     scale = scale or 1 / math.sqrt(8)
-    signature = VarlenSignature.of(varlen)
-    out = varlen_kernel(varlen, signature)(q, k, v, cu, 20, scale)
+    out = varlen_kernel(_varlen(varlen))(q, k, v, cu, 20, scale)
     torch.testing.assert_close(out, _reference(q, k, v, cu, scale), rtol=1e-5, atol=1e-6)
-    assert signature.takes_gqa == (varlen is varlen_2_12)
+
+
+def test_the_grouped_kv_probe_asks_the_kernel_not_the_version():
+    """Accepting grouped K/V is found by a call: refused (2.9, 2.10 without flash's native GQA),
+    accepted natively (a 2.11 build whose flash takes them), through enable_gqa (2.12), and an
+    accepting kernel that pairs heads wrongly is a no."""
+    probed = {name: _varlen(varlen).grouped_kv for name, varlen in STAND_INS.items()}
+    assert probed == {"2.9": False, "2.10": False, "2.11-grouped": True, "2.12": True}
+    assert _varlen(varlen_2_11_wrong_groups).grouped_kv is False
 
 
 def test_kernel_choice():
-    from megatron_mio.model.document_attention import (
-        VarlenSignature, choose_kernel, flex_document_attention, sdpa_per_document,
-    )
+    """The decision table: flash (varlen) on CUDA in bf16/fp16, for GQA whenever the probe passed;
+    else FlexAttention; SDPA per document on the CPU."""
+    from megatron_mio.model.document_attention import choose_kernel, flex_document_attention, sdpa_per_document
 
-    with_gqa = (varlen_2_12, VarlenSignature.of(varlen_2_12))
-    without_gqa = (varlen_2_10, VarlenSignature.of(varlen_2_10))
-    bf16 = torch.bfloat16
-    assert choose_kernel("cpu", bf16, True, with_gqa, True) is sdpa_per_document
-    assert choose_kernel("cuda", torch.float32, True, with_gqa, True) is flex_document_attention
-    assert choose_kernel("cuda", bf16, True, with_gqa, True).__qualname__.startswith("varlen_kernel")
-    # Without enable_gqa, a GQA model goes to FlexAttention rather than copying K/V per head.
-    assert choose_kernel("cuda", bf16, True, without_gqa, True) is flex_document_attention
-    assert choose_kernel("cuda", bf16, False, without_gqa, True).__qualname__.startswith("varlen_kernel")
-    assert choose_kernel("cuda", bf16, True, without_gqa, False).__qualname__.startswith("varlen_kernel")
+    def chosen(device, dtype, grouped, stand_in, has_flex):
+        kernel = choose_kernel(device, dtype, grouped, _varlen(stand_in) if stand_in else None, has_flex)
+        return {flex_document_attention: "flex", sdpa_per_document: "sdpa"}.get(kernel, kernel.__qualname__)
+
+    bf16, fp32 = torch.bfloat16, torch.float32
+    grouped_varlen, copying_varlen = "varlen_kernel(grouped K/V)", "varlen_kernel(K/V copied per head)"
+    table = [
+        # device, dtype, GQA, varlen stand-in, FlexAttention, chosen
+        ("cpu", bf16, True, varlen_2_12, True, "sdpa"),
+        ("cuda", fp32, True, varlen_2_12, True, "flex"),
+        ("cuda", fp32, True, None, False, "sdpa"),
+        ("cuda", bf16, True, varlen_2_12, True, grouped_varlen),
+        ("cuda", bf16, True, varlen_2_11_grouped, True, grouped_varlen),  # the probe passed: no version check
+        ("cuda", bf16, True, varlen_2_10, True, "flex"),  # refuses grouped K/V: no copies per head
+        ("cuda", bf16, True, varlen_2_11_wrong_groups, True, "flex"),
+        ("cuda", bf16, False, varlen_2_10, True, copying_varlen),  # (nothing to copy without GQA)
+        ("cuda", bf16, True, varlen_2_10, False, copying_varlen),  # the only flash-capable kernel
+        ("cuda", bf16, True, None, True, "flex"),
+    ]
+    for device, dtype, grouped, stand_in, has_flex, want in table:
+        assert chosen(device, dtype, grouped, stand_in, has_flex) == want, (device, dtype, grouped, stand_in, has_flex)
 
 
 # ---- optimizer state with a fused (non-torch) Adam -------------------------------------------------
@@ -339,6 +390,7 @@ def test_device_rng_state_from_another_device_is_not_loaded(megatron_cpu_world, 
     assert "re-seeded, not restored" in caplog.text
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run():
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench/gpu_check.py"), "--dry-run"], cwd=REPO_ROOT,
                           env=cpu_env({"MIO_USE_CPU": "0"}), capture_output=True, text=True, timeout=900)

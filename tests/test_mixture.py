@@ -187,6 +187,7 @@ def test_dataloader_batches_collate_to_the_contract(three_types):
         torch.testing.assert_close(batch["tokens"][j], blend[i]["tokens"])
 
 
+@pytest.mark.multiprocess
 def test_dp2_resume_with_torchrun_equals_uninterrupted_read(three_types, tmp_path):
     from tests.workers.packed_resume_worker import digest
 

@@ -20,6 +20,7 @@ def reference(tmp_path_factory):
     return root, read_rank_results(root / "tp1", 1)[0]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("layout", [("--tp", "2"), ("--pp", "2")], ids=["tp2", "pp2-1f1b"])
 def test_parallel_layout_matches_single_rank(reference, layout):
     root, expected = reference

@@ -6,7 +6,6 @@ filter, glob prefixes in mixtures and pack_stats' coverage warning."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_mio.data import schema as S
 from megatron_mio.data import synthetic
 from megatron_mio.data import templates as T
 from megatron_mio.data.indexed import open_dataset
 from megatron_mio.data.preprocess import (
-    PreprocessConfig, PreprocessError, merge_preprocessed, preprocess, shard_output_prefix,
+    PreprocessConfig,
+    PreprocessError,
+    merge_preprocessed,
+    preprocess,
+    shard_output_prefix,
 )
-from megatron_mio.data.splitting import render_units, split_sample
+from megatron_mio.data.sample_types import parse_sample, render_units
+from megatron_mio.data.splitting import split_sample
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = (".bin", ".idx", ".loss_mask.bin", ".loss_mask.idx", ".modality_counts.npy",
@@ -35,8 +38,10 @@ def corpus(tmp_path_factory):
 
 
 def run(tokenizer_dir, inputs, prefix, stage, **kwargs):
+    """The run's report, as written to ``P.report.json``."""
     return preprocess(PreprocessConfig(inputs=[str(p) for p in inputs], output_prefix=str(prefix),
-                                       tokenizer=tokenizer_dir, stage=stage, **kwargs))
+                                       tokenizer=tokenizer_dir, stage=stage,
+                                       **kwargs)).report.to_json()
 
 
 def files_of(prefix) -> dict[str, bytes]:
@@ -60,7 +65,7 @@ def test_round_trip_through_megatron_reader(mio_tokenizer, mio_tokenizer_dir, co
     expected_docs, dropped_tokens = [], 0
     for line_number, line in enumerate(lines, start=1):
         rng = np.random.default_rng([11, 0, line_number])
-        pieces, dropped = split_sample(render_units(renderer, S.parse_sample(json.loads(line)),
+        pieces, dropped = split_sample(render_units(renderer, parse_sample(json.loads(line)),
                                                     rng), 2800)
         expected_docs += pieces
         dropped_tokens += sum(d.tokens for d in dropped)
@@ -116,7 +121,7 @@ def test_shards_merged_are_byte_identical_to_one_run(mio_tokenizer_dir, corpus, 
         assert report["output_prefix"] == prefixes[-1] and Path(prefixes[-1] + ".idx").exists()
     sizes = [len(open_dataset(p)[0]) for p in prefixes]
     assert sum(sizes) == len(open_dataset(str(single))[0]) and min(sizes) > 0
-    merged = merge_preprocessed(prefixes, str(tmp_path / "merged"))
+    merged = merge_preprocessed(prefixes, str(tmp_path / "merged")).to_json()
     a, b = files_of(single), files_of(tmp_path / "merged")
     report_single = json.loads(a.pop(".report.json"))
     b.pop(".report.json")
@@ -342,6 +347,6 @@ def test_merge_datasets_tool(mio_tokenizer_dir, corpus, tmp_path):
     assert a == b
     result = subprocess.run(tool + ["--input", str(tmp_path / "nothing-*"), "--output-prefix",
                                     str(tmp_path / "m2")], capture_output=True, text=True)
-    assert result.returncode == 1 and "'" + str(tmp_path / "nothing-*") + "' matches no dataset" \
+    assert result.returncode == 2 and "'" + str(tmp_path / "nothing-*") + "' matches no dataset" \
         in result.stderr
     assert leftovers(tmp_path, "m2") == []

@@ -25,6 +25,8 @@ from megatron_mio.data.packed_dataset import PackingConfig
 from megatron_mio.data.preprocess import PreprocessConfig, preprocess, shard_output_prefix
 from tests.slurm_cluster import one_node_cluster, run
 
+pytestmark = pytest.mark.slurm
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = 3
 SEQ_LENGTH = 256

@@ -25,6 +25,8 @@ from megatron_mio.training.resume import check_schedule
 from tests.test_checkpoint import read_checkpoint
 from tests.trainer_runs import train
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
 BETA1, BETA2, EPS = 0.9, 0.95, 1e-8
 OLD_LR, NEW_LR, OLD_WD, NEW_WD = 1e-3, 5e-4, 0.01, 0.1
 RUN = [

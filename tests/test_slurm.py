@@ -30,6 +30,8 @@ from megatron_mio.checkpoint.layout import write_tracker
 from tests.distributed import REPO_ROOT
 from tests.slurm_cluster import RELEASE_REQUEUED_JOB, latest, metrics, one_node_cluster, read, run
 
+pytestmark = pytest.mark.slurm
+
 SCRIPT = REPO_ROOT / "examples/pretrain_stage3.sh"
 ITERS = 24  # the preempted job's length
 GLOBAL_BATCH = 4  # examples/configs/tiny_cpu.yaml

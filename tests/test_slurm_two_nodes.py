@@ -36,6 +36,8 @@ from megatron_mio.checkpoint.layout import TRACKER, iteration_dir
 from tests.distributed import REPO_ROOT
 from tests.slurm_cluster import CI, RELEASE_REQUEUED_JOB, ensure_slurm_installed, latest, metrics, read, run
 
+pytestmark = pytest.mark.slurm
+
 SCRIPT = REPO_ROOT / "examples/pretrain_stage1.sh"
 NODES = ("mio-n1", "mio-n2")
 ITERS = 10

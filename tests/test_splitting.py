@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megatron_mio.data import schema as S
 from megatron_mio.data import synthetic
 from megatron_mio.data import templates as T
-from megatron_mio.data.splitting import render_units, split_sample
+from megatron_mio.data.sample_types import parse_sample, render_sample, render_units
+from megatron_mio.data.splitting import split_sample
 
 IMAGE = list(range(32))
 
@@ -29,11 +29,11 @@ def chat_renderer(mio_tokenizer):
 
 def whole(renderer, obj, seed=0):
     """The sample as one document, by the unsplit path (templates.render_sample)."""
-    return T.render_sample(renderer, S.parse_sample(obj), np.random.default_rng(seed))
+    return render_sample(renderer, parse_sample(obj), np.random.default_rng(seed))
 
 
 def split(renderer, obj, budget, seed=0, append_eod=False):
-    rendered = render_units(renderer, S.parse_sample(obj), np.random.default_rng(seed), append_eod)
+    rendered = render_units(renderer, parse_sample(obj), np.random.default_rng(seed), append_eod)
     return split_sample(rendered, budget)
 
 

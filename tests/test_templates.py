@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from megatron_mio.data import sample_types as ST
 from megatron_mio.data import schema as S
 from megatron_mio.data import synthetic
 from megatron_mio.data import templates as T
@@ -46,7 +47,7 @@ def ids(sp):
 
 def render(tokenizer, stage, obj, seed=0):
     renderer = T.TemplateRenderer(tokenizer, stage)
-    tokens, mask = T.render_sample(renderer, S.parse_sample(obj), np.random.default_rng(seed))
+    tokens, mask = ST.render_sample(renderer, ST.parse_sample(obj), np.random.default_rng(seed))
     return tokens.tolist(), mask.tolist()
 
 
@@ -204,7 +205,7 @@ def test_direct_path_matches_auto_tokenizer_on_formatted_strings(mio_tokenizer, 
     for stage, samples in cases:
         renderer = T.TemplateRenderer(mio_tokenizer, stage)
         for i, obj in enumerate(samples):
-            doc = renderer.render(S.parse_sample(obj), np.random.default_rng(i))
+            doc = ST.render(renderer, ST.parse_sample(obj), np.random.default_rng(i))
             tokens, _ = T.encode_document(doc, mio_tokenizer)
             formatted = T.format_document(doc, mio_tokenizer)
             assert auto(formatted)["input_ids"] == tokens.tolist(), (stage, i, formatted[:200])

@@ -21,6 +21,8 @@ from tests.trainer_runs import (
     LAYOUTS, TINY, from_init, layout_run, metrics, reference, session_root, straight_dp2, train,
 )
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
 PARITY_RTOL = 2e-5
 
 

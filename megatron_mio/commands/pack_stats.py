@@ -1,54 +1,63 @@
 """What a mixture will feed the model, before launching: packs, fill, drops, modality shares.
 
-    python tools/pack_stats.py --data-config examples/data/stage1.yaml --seq-length 2800 \
+    mio-pack-stats --data-config examples/data/stage1.yaml --seq-length 2800 \\
         --tokenizer /path/to/mio_tokenizer [--seed 1234] [--json]
-    python tools/pack_stats.py --data-path 0.7 /d/pairs 0.3 /d/speech --seq-length 2800
+    mio-pack-stats --data-path 0.7 /d/pairs 0.3 /d/speech --seq-length 2800
 
 Builds (or reuses) the cached pack indices exactly as training will.  Without --tokenizer or
 --modality-table every token counts as text.
 """
 
-import argparse
+from __future__ import annotations
+
+import errno
 import json
 import sys
 
+from megatron_mio import cli
 
-from megatron_mio import platform  # noqa: E402
-
-platform.quiet_import_warnings()  # before megatron-core is imported
-
-from megatron_mio.data.mixture import (  # noqa: E402
-    MixtureError, build_mixture_dataset, mixture_statistics, read_mixture,
-)
-from megatron_mio.data.packed_dataset import PackingConfig  # noqa: E402
-from megatron_mio.data.packing import DEFAULT_WINDOW  # noqa: E402
-from megatron_mio.data.sampler import load_modality_table  # noqa: E402
-from megatron_mio.data.validate import DataFileError  # noqa: E402
+PROG = "pack_stats"
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser():
+    parser = cli.make_parser(PROG, __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-config", help="stage mixture YAML")
     source.add_argument("--data-path", nargs="+", help="PREFIX or WEIGHT PREFIX pairs (Megatron-style)")
-    parser.add_argument("--seq-length", type=int, required=True)
+    parser.add_argument("--seq-length", type=cli.positive_int, required=True)
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="packing window, documents")
-    parser.add_argument("--max-documents-per-pack", type=int, default=0)
+    parser.add_argument("--window", type=cli.positive_int, default=None,
+                        help="packing window, documents (default: 10,000, what training uses)")
+    parser.add_argument("--max-documents-per-pack", type=cli.non_negative_int, default=0)
     table = parser.add_mutually_exclusive_group()
-    table.add_argument("--tokenizer", help="MIO tokenizer directory (for the modality table)")
+    table.add_argument(*cli.TOKENIZER_FLAGS, dest="tokenizer",
+                       help="MIO tokenizer directory (for the modality table)")
     table.add_argument("--modality-table", help=".npy uint8 table: Modality per token id")
     parser.add_argument("--cache-dir", help="where index caches go (default: next to the data)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return parser.parse_args(argv)
+    return parser
 
 
 def modality_table(args):
+    """The table of ``--tokenizer`` / ``--modality-table`` (None: every token is text)."""
     if args.tokenizer:
         from megatron_mio.tokenizer.mio_tokenizer import MIOTokenizer
 
-        return MIOTokenizer(args.tokenizer).modality_table()
-    return load_modality_table(args.modality_table)
+        try:
+            return MIOTokenizer(args.tokenizer).modality_table()
+        except (OSError, ValueError) as error:
+            raise cli.UsageError(f"--tokenizer {args.tokenizer}: {error}") from None
+    if args.modality_table:
+        from megatron_mio.data.sampler import load_modality_table
+
+        try:
+            return load_modality_table(args.modality_table)
+        except FileNotFoundError:
+            raise cli.UsageError(f"--modality-table {args.modality_table}: no such file") from None
+        except (OSError, ValueError) as error:
+            raise cli.UsageError(f"--modality-table {args.modality_table}: not a modality table "
+                                 f"saved with numpy.save ({error})") from None
+    return None
 
 
 def print_text(stats: dict) -> None:
@@ -70,26 +79,55 @@ def print_text(stats: dict) -> None:
           "(n/a: no P.report.json)")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def build_statistics(args) -> dict:
+    from megatron_mio.data.mixture import build_mixture_dataset, mixture_statistics, read_mixture
+    from megatron_mio.data.packed_dataset import PackingConfig
+    from megatron_mio.data.packing import DEFAULT_WINDOW
+
+    table = modality_table(args)  # a bad --tokenizer fails before any index is built
+    packing = PackingConfig(args.seq_length, seed=args.seed, window=args.window or DEFAULT_WINDOW,
+                            max_documents_per_pack=args.max_documents_per_pack,
+                            cache_dir=args.cache_dir)
+    mixture = read_mixture(args.data_config, args.data_path)
     try:
-        packing = PackingConfig(args.seq_length, seed=args.seed, window=args.window,
-                                max_documents_per_pack=args.max_documents_per_pack,
-                                cache_dir=args.cache_dir)
-        blend = build_mixture_dataset(read_mixture(args.data_config, args.data_path), packing,
-                                      num_samples=0)
-        stats = mixture_statistics(blend, modality_table(args))
-    except (MixtureError, DataFileError, ValueError) as err:
-        print(f"pack_stats: error: {err}", file=sys.stderr)
-        return 2
+        blend = build_mixture_dataset(mixture, packing, num_samples=0)
+    except OSError as error:
+        if error.errno not in _NOT_WRITABLE:
+            raise
+        where = "--cache-dir" if args.cache_dir else "the data's directory (the default cache place)"
+        hint = "choose a writable --cache-dir" if args.cache_dir else "pass --cache-dir DIR, a writable directory"
+        raise cli.UsageError(f"cannot write the index cache {error.filename}: {where} is not "
+                             f"writable; {hint}") from None
+    return mixture_statistics(blend, table)
+
+
+def report(args) -> int:
+    if args.cache_dir:
+        cli.check_writable(args.cache_dir, "--cache-dir", directory=True)
+    stats = build_statistics(args)
     if args.json:
         print(json.dumps(stats, indent=1))
     else:
         print_text(stats)
     for warning in stats["warnings"]:
-        print(f"pack_stats: warning: {warning}", file=sys.stderr)
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def report_or_usage_error(args) -> int:
+    from megatron_mio.data.mixture import MixtureError
+    from megatron_mio.data.validate import DataFileError
+
+    try:
+        return report(args)
+    except (MixtureError, DataFileError) as error:  # they name the file, line and field
+        raise cli.UsageError(str(error)) from None
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.quiet_libraries(args.verbose)
+    return cli.run(PROG, lambda: report_or_usage_error(args))

@@ -75,6 +75,10 @@ def tokenizer_vocab(tokenizer_dir: str, base_vocab: int) -> int:
             f"{tokenizer_dir}: tokenizer has {vocab} ids, fewer than the checkpoint's {base_vocab} rows"
         )
     ids = {token: tokenizer.vocab[token] for token in mio_tokens()}
+    if vocab == base_vocab:
+        # The model already has a row for every id of the tokenizer, MIO tokens included (e.g. an
+        # exported MIO model coming back): nothing to extend, the tokenizer just travels along.
+        return vocab
     check_added_token_ids(ids, base_vocab, vocab, tokenizer_dir)
     return vocab
 

@@ -22,6 +22,18 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
 
+class DamagedSafetensorsError(ValueError):
+    """A safetensors file (or the index) cannot be read: truncated, not safetensors, bad JSON."""
+
+
+def _open_safetensors(path: Path):
+    try:
+        return safe_open(path, framework="pt")
+    except Exception as err:  # noqa: BLE001 - SafetensorError and friends: the file is unusable
+        raise DamagedSafetensorsError(f"{path}: not a readable safetensors file ({err}); "
+                                      "re-download or re-export it") from None
+
+
 class HFCheckpointReader:
     """Tensor-by-tensor reads from ``model.safetensors`` or a sharded index."""
 
@@ -29,9 +41,13 @@ class HFCheckpointReader:
         self.dir = Path(hf_dir)
         index = self.dir / INDEX_NAME
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise DamagedSafetensorsError(f"{index}: not a safetensors index with a weight_map "
+                                              f"({type(err).__name__}: {err})") from None
         elif (self.dir / SINGLE_NAME).is_file():
-            with safe_open(self.dir / SINGLE_NAME, framework="pt") as f:
+            with _open_safetensors(self.dir / SINGLE_NAME) as f:
                 weight_map = {name: SINGLE_NAME for name in f.keys()}
         else:
             raise FileNotFoundError(
@@ -40,6 +56,10 @@ class HFCheckpointReader:
         self.weight_map: dict[str, str] = weight_map
         self._files: dict[str, object] = {}
         self._headers: dict[str, tuple[dict, int]] = {}
+        for file in sorted(set(weight_map.values())):  # headers only: a bad shard fails up front
+            if not (self.dir / file).is_file():
+                raise FileNotFoundError(f"{self.dir / file}: missing (the index {INDEX_NAME} lists it)")
+            self._file_of_shard(file)
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map
@@ -53,9 +73,11 @@ class HFCheckpointReader:
         return self.weight_map[name]
 
     def _file(self, name: str):
-        file = self._shard_name(name)
+        return self._file_of_shard(self._shard_name(name))
+
+    def _file_of_shard(self, file: str):
         if file not in self._files:
-            self._files[file] = safe_open(self.dir / file, framework="pt")
+            self._files[file] = _open_safetensors(self.dir / file)
         return self._files[file]
 
     def get(self, name: str) -> torch.Tensor:
@@ -84,11 +106,19 @@ class HFCheckpointReader:
         with open(self.dir / file, "rb") as f:
             f.seek(data_start + begin + start * row_bytes)
             if tensor.numel():
-                f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+                wanted = tensor.numel() * tensor.element_size()
+                got = f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+                if got != wanted:
+                    raise DamagedSafetensorsError(f"{self.dir / file}: truncated ({name!r} needs {wanted} "
+                                                  f"bytes at offset {f.tell() - got}, found {got}); "
+                                                  "re-download or re-export it")
         return tensor
 
     def _header(self, file: str) -> tuple[dict, int]:
         if file not in self._headers:
+            # Opening with safetensors first checks the header: a truncated or foreign file is
+            # named here rather than failing as a JSON error below.
+            self._file_of_shard(file)
             with open(self.dir / file, "rb") as f:
                 size = int.from_bytes(f.read(8), "little")
                 self._headers[file] = (json.loads(f.read(size)), 8 + size)
@@ -192,13 +222,3 @@ def _plan_shards(tensors: list[tuple[str, tuple[int, ...], torch.dtype]], max_sh
         shards[-1].append(name)
         filled += size
     return shards
-
-
-def parse_size(text: str) -> int:
-    """'2GB', '500MB', '1GiB' or a byte count -> bytes."""
-    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9, "b": 1}
-    lowered = text.strip().lower()
-    for suffix, factor in units.items():
-        if lowered.endswith(suffix):
-            return int(float(lowered[: -len(suffix)]) * factor)
-    return int(lowered)

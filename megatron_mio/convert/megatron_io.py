@@ -155,6 +155,31 @@ class _SliceLoadPlanner(DefaultLoadPlanner):
         return self._requests[index.fqn][1]
 
 
+class DamagedCheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or unreadable (the message names it)."""
+
+
+def _read_whole_checkpoint_metadata(directory: Path):
+    """The checkpoint's index, after checking that every file it points into is long enough: a
+    truncated ``.distcp`` fails here, named, instead of deep inside a read."""
+    try:
+        metadata = dcp.FileSystemReader(str(directory)).read_metadata()
+    except Exception as err:  # noqa: BLE001 - missing, truncated or not a pickle
+        raise DamagedCheckpointError(f"{directory / '.metadata'}: the checkpoint's index cannot be read "
+                                     f"({type(err).__name__}: {err})") from None
+    needed: dict[str, int] = {}
+    for item in metadata.storage_data.values():
+        needed[item.relative_path] = max(needed.get(item.relative_path, 0), item.offset + item.length)
+    for name, length in sorted(needed.items()):
+        path = directory / name
+        size = path.stat().st_size if path.is_file() else None
+        if size is None or size < length:
+            found = "is missing" if size is None else f"has {size} bytes"
+            raise DamagedCheckpointError(f"{path} {found}, the checkpoint's index needs {length}: "
+                                         "the checkpoint is damaged (choose another with --iteration)")
+    return metadata
+
+
 class CheckpointReader:
     """Reads global tensors (or one layer of a layer-stacked tensor) from a torch_dist checkpoint.
 
@@ -163,11 +188,14 @@ class CheckpointReader:
 
     def __init__(self, directory: Path):
         self.dir = Path(directory)
-        self.common = dist_checkpointing.load_common_state_dict(str(directory))
-        self._tensors = {
-            key: md for key, md in dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata.items()
-            if isinstance(md, TensorStorageMetadata)
-        }
+        metadata = _read_whole_checkpoint_metadata(self.dir)
+        try:
+            self.common = dist_checkpointing.load_common_state_dict(str(directory))
+        except Exception as err:  # noqa: BLE001 - any failure to read it means the same to the user
+            raise DamagedCheckpointError(f"{self.dir}: its common state cannot be read "
+                                         f"({type(err).__name__}: {err})") from None
+        self._tensors = {key: md for key, md in metadata.state_dict_metadata.items()
+                         if isinstance(md, TensorStorageMetadata)}
 
     def global_shape(self, key: str) -> tuple[int, ...]:
         if key not in self._tensors:

@@ -26,7 +26,6 @@ dataset of its target (see ``packing.blend_indices``).
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -34,7 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from megatron_mio.data.packed_dataset import BlendedPackedDataset, PackedDataset, PackingConfig
+from megatron_mio.data.packed_dataset import (
+    BlendedPackedDataset,
+    PackedDataset,
+    PackingConfig,
+)
+from megatron_mio.data.preprocess_report import PreprocessReport, read_report
 from megatron_mio.data.validate import LOSS_MASK_SUFFIX, validate_packed_source
 from megatron_mio.tokenizer.vocab import Modality
 
@@ -179,8 +183,13 @@ def build_mixture_dataset(mixture: Mixture, config: PackingConfig,
         members = [PackedDataset(prefix, config) for prefix in data_type.prefixes]
         total_packs = sum(len(ds) for ds in members)
         if total_packs == 0:
-            raise MixtureError(f"{mixture.source}: type {data_type.name!r} has no packs "
-                               f"(no document fits seq_length {config.seq_length})")
+            shortest = min((int(ds.lengths.min()) for ds in members if len(ds.lengths)), default=0)
+            raise MixtureError(
+                f"{mixture.source}: type {data_type.name!r} has no packs: none of its documents fits "
+                f"seq_length {config.seq_length}" + (
+                    f" (the shortest has {shortest} tokens); raise --seq-length to at least "
+                    f"{shortest}, or preprocess with --seq-length {config.seq_length} so that long "
+                    "samples are split" if shortest else " (it holds no documents)"))
         for ds in members:
             if len(ds):  # an empty member of a non-empty type just gets no share
                 datasets.append(ds)
@@ -214,13 +223,12 @@ def modality_token_counts(ds: PackedDataset, table: np.ndarray | None) -> np.nda
 COVERAGE_WARNING = 0.99  # warn when less of a dataset's tokens than this reach the packs
 
 
-def preprocessing_report(prefix: str) -> dict | None:
+def preprocessing_report(prefix: str) -> PreprocessReport | None:
     """``P.report.json`` of a dataset written by tools/preprocess_data.py, if there is one."""
     from megatron_mio.data.indexed import REPORT_SUFFIX
 
     try:
-        with open(prefix + REPORT_SUFFIX, encoding="utf-8") as f:
-            return json.load(f)
+        return read_report(prefix + REPORT_SUFFIX)
     except FileNotFoundError:
         return None
 
@@ -230,8 +238,8 @@ def _coverage(ds: PackedDataset, seq_length: int) -> tuple[dict, list[str]]:
     meta, report = ds.meta, preprocessing_report(ds.prefix)
     if report is None:
         return {"written_tokens": None, "coverage": None}, []
-    written = report["tokens"]["total"]
-    corpus = written + report["dropped"]["tokens"]
+    written = report.body.tokens.total
+    corpus = report.corpus_tokens
     coverage = meta["packed_tokens"] / written if written else 1.0
     warnings = []
     if coverage < COVERAGE_WARNING:
@@ -239,11 +247,11 @@ def _coverage(ds: PackedDataset, seq_length: int) -> tuple[dict, list[str]]:
             f"only {100 * coverage:.1f}% of the tokens preprocessing wrote reach the "
             f"packs ({meta['packed_tokens']:,} of {written:,}): {meta['n_too_long']:,} documents "
             f"are longer than seq_length {seq_length} (preprocessed with --seq-length "
-            f"{report['seq_length']}; use the training seq_length there so they are split)")
+            f"{report.settings.seq_length}; use the training seq_length there so they are split)")
     if corpus and written / corpus < COVERAGE_WARNING:
         warnings.append(
             f"preprocessing wrote {100 * written / corpus:.1f}% of its corpus' "
-            f"tokens ({report['dropped']['tokens']:,} dropped: see {ds.prefix}.report.json)")
+            f"tokens ({report.body.dropped.tokens:,} dropped: see {ds.prefix}.report.json)")
     return {"written_tokens": written, "coverage": coverage,
             "corpus_tokens": corpus, "corpus_coverage": meta["packed_tokens"] / corpus
             if corpus else 1.0}, warnings

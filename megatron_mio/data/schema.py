@@ -1,5 +1,7 @@
 """The JSONL sample schema (``docs/data_format.md``): parsing and validation of one sample.
 
+The sample dataclasses and the parsers of their fields; which fields a sample type has, and
+how its sample is built from them, is the type's own rule (``sample_types``).
 Every problem raises ``SampleError(field, message)`` with a dotted field path
 (``messages[1].content[0].speech.timbre[2]``); the preprocessing driver adds file and line.
 Unknown extra keys (ids, sources, ...) are ignored.
@@ -13,13 +15,8 @@ import numpy as np
 
 from megatron_mio.tokenizer import vocab as V
 
-SAMPLE_TYPES = ("language", "image_text_pair", "video_text_pair", "speech_text_pair",
-                "interleaved", "chat")
 CHAT_MODES = ("std", "voice")
 CHAT_ROLES = ("system", "user", "assistant")
-IMAGE_DIRECTIONS = ("caption", "generation")
-VIDEO_DIRECTIONS = ("to_text", "to_video")
-SPEECH_DIRECTIONS = ("asr", "tts")
 
 
 class SampleError(ValueError):
@@ -88,15 +85,15 @@ class Chat:
 Sample = Language | ImageTextPair | VideoTextPair | SpeechTextPair | Interleaved | Chat
 
 
-def _require(obj: dict, key: str, field: str):
+def require(obj: dict, key: str, field: str):
     if not isinstance(obj, dict):
         raise SampleError(field or "sample", f"expected a JSON object, got {type(obj).__name__}")
     if key not in obj:
-        raise SampleError(_join(field, key), "missing")
+        raise SampleError(join_field(field, key), "missing")
     return obj[key]
 
 
-def _join(field: str, key: str) -> str:
+def join_field(field: str, key: str) -> str:
     return f"{field}.{key}" if field else key
 
 
@@ -140,14 +137,14 @@ def parse_video(value, field: str) -> np.ndarray:
 
 
 def parse_speech(value, field: str) -> Speech:
-    content = parse_codes(_require(value, "content", field), _join(field, "content"),
+    content = parse_codes(require(value, "content", field), join_field(field, "content"),
                           V.SPEECH_CODEBOOK_SIZE)
     if content.ndim != 1:
-        raise SampleError(_join(field, "content"), "expected a flat list of codes")
+        raise SampleError(join_field(field, "content"), "expected a flat list of codes")
     timbre = None
     if value.get("timbre") is not None:
         raw = value["timbre"]
-        tfield = _join(field, "timbre")
+        tfield = join_field(field, "timbre")
         if not isinstance(raw, list) or len(raw) != V.SPEECH_TIMBRE_CODEBOOKS:
             raise SampleError(tfield, f"expected {V.SPEECH_TIMBRE_CODEBOOKS} lists of codes")
         rows = []
@@ -161,10 +158,10 @@ def parse_speech(value, field: str) -> Speech:
     return Speech(content=content, timbre=timbre)
 
 
-def _parse_direction(obj: dict, field: str, choices: tuple[str, ...]) -> str | None:
+def parse_direction(obj: dict, field: str, choices: tuple[str, ...]) -> str | None:
     direction = obj.get("direction")
     if direction is not None and direction not in choices:
-        raise SampleError(_join(field, "direction"), f"must be one of {', '.join(choices)}, "
+        raise SampleError(join_field(field, "direction"), f"must be one of {', '.join(choices)}, "
                                                      f"got {direction!r}")
     return direction
 
@@ -179,7 +176,7 @@ def parse_part(value, field: str) -> Part:
     kind = kinds[0]
     parse = {"text": parse_text, "image": parse_image, "video": parse_video,
              "speech": parse_speech}[kind]
-    return kind, parse(value[kind], _join(field, kind))
+    return kind, parse(value[kind], join_field(field, kind))
 
 
 def parse_parts(value, field: str) -> list[Part]:
@@ -188,59 +185,3 @@ def parse_parts(value, field: str) -> list[Part]:
     if not isinstance(value, list) or not value:
         raise SampleError(field, "expected a string or a non-empty list of segments")
     return [parse_part(item, f"{field}[{i}]") for i, item in enumerate(value)]
-
-
-def _parse_chat(obj: dict) -> Chat:
-    mode = obj.get("mode", "std")
-    if mode not in CHAT_MODES:
-        raise SampleError("mode", f"must be one of {', '.join(CHAT_MODES)}, got {mode!r}")
-    raw = _require(obj, "messages", "")
-    if not isinstance(raw, list) or not raw:
-        raise SampleError("messages", "expected a non-empty list of messages")
-    messages = []
-    for i, message in enumerate(raw):
-        field = f"messages[{i}]"
-        role = _require(message, "role", field)
-        if role not in CHAT_ROLES:
-            raise SampleError(f"{field}.role", f"must be one of {', '.join(CHAT_ROLES)}, "
-                                               f"got {role!r}")
-        if role == "system" and i != 0:
-            raise SampleError(f"{field}.role", "a system message may only come first")
-        parts = parse_parts(_require(message, "content", field), f"{field}.content")
-        if role == "assistant":
-            for j, (kind, value) in enumerate(parts):
-                if kind == "speech" and value.timbre is None:
-                    raise SampleError(f"{field}.content[{j}].speech.timbre",
-                                      "assistant speech is generated: timbre is required")
-        messages.append(Message(role, parts))
-    if not any(m.role == "assistant" for m in messages):
-        raise SampleError("messages", "no assistant message: nothing to train on")
-    return Chat(mode=mode, messages=messages)
-
-
-def parse_sample(obj) -> Sample:
-    """A decoded JSON object -> a typed, validated sample."""
-    sample_type = _require(obj, "type", "")
-    if sample_type not in SAMPLE_TYPES:
-        raise SampleError("type", f"unknown type {sample_type!r} (expected one of "
-                                  f"{', '.join(SAMPLE_TYPES)})")
-    if sample_type == "language":
-        return Language(parse_text(_require(obj, "text", ""), "text"))
-    if sample_type == "image_text_pair":
-        return ImageTextPair(parse_image(_require(obj, "image", ""), "image"),
-                             parse_text(_require(obj, "caption", ""), "caption"),
-                             _parse_direction(obj, "", IMAGE_DIRECTIONS))
-    if sample_type == "video_text_pair":
-        return VideoTextPair(parse_video(_require(obj, "video", ""), "video"),
-                             parse_text(_require(obj, "description", ""), "description"),
-                             _parse_direction(obj, "", VIDEO_DIRECTIONS))
-    if sample_type == "speech_text_pair":
-        speech = parse_speech(_require(obj, "speech", ""), "speech")
-        direction = _parse_direction(obj, "", SPEECH_DIRECTIONS)
-        if direction == "tts" and speech.timbre is None:
-            raise SampleError("speech.timbre", "direction tts generates speech: timbre is required")
-        return SpeechTextPair(speech, parse_text(_require(obj, "transcription", ""),
-                                                 "transcription"), direction)
-    if sample_type == "interleaved":
-        return Interleaved(parse_parts(_require(obj, "segments", ""), "segments"))
-    return _parse_chat(obj)

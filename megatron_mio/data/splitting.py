@@ -1,7 +1,9 @@
 """Cutting a rendered sample that is longer than the sequence length into pieces.
 
 The packer packs whole documents only, so preprocessing, which still knows the segments, cuts
-what can be cut.  Each piece is its own document (masking, labels and positions restart in it):
+what can be cut.  Each sample type says where its sample may be cut (``SampleType.units`` in
+``sample_types``): as units, cut between and never inside except text.  Each piece is its own
+document (masking, labels and positions restart in it):
 
 - ``language``: consecutive pieces of at most ``budget`` tokens; every token of the page is in
   exactly one piece; the first piece starts with the bos (and, with ``append_eod``, the last ends
@@ -21,9 +23,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
-from megatron_mio.data import schema as S
-from megatron_mio.data.templates import TemplateRenderer, TokenRun, bos_run, encode_runs
 
 TEXT = "text"  # the one unit kind that may be cut at any token
 DROP_REASONS = {  # unit kind -> why a unit of that kind that alone exceeds a piece is dropped
@@ -55,34 +54,9 @@ class Dropped:
     tokens: int
 
 
-def _join(parts: list[tuple[np.ndarray, np.ndarray]], kind: str) -> Unit:
+def join_units(parts: list[tuple[np.ndarray, np.ndarray]], kind: str) -> Unit:
+    """Encoded runs ``(tokens, loss_mask)`` as one unit of ``kind``."""
     return Unit(np.concatenate([t for t, _ in parts]), np.concatenate([m for _, m in parts]), kind)
-
-
-def render_units(renderer: TemplateRenderer, sample: S.Sample, rng: np.random.Generator,
-                 append_eod: bool = False) -> RenderedSample:
-    """A sample as the units the splitter may cut between.  Joined, the units are exactly
-    ``render_sample``'s tokens and loss mask (plus the eos with ``append_eod`` on a page)."""
-    tokenizer = renderer.tokenizer
-    if isinstance(sample, S.Chat):
-        system, exchanges = renderer.render_chat_exchanges(sample)
-        header = _join([bos_run(system, tokenizer)] + encode_runs(system, tokenizer), "header")
-        return RenderedSample(header, [_join(encode_runs(e, tokenizer), "exchange")
-                                       for e in exchanges])
-    doc = renderer.render(sample, rng)
-    runs = [bos_run(doc, tokenizer)] + encode_runs(doc, tokenizer)
-    if isinstance(sample, S.Language):
-        if append_eod:
-            runs.append((np.array([tokenizer.eos_id], dtype=np.int32), np.ones(1, np.uint8)))
-        return RenderedSample(None, [_join(runs, TEXT)])
-    if not isinstance(sample, S.Interleaved):
-        return RenderedSample(None, [_join(runs, "pair")])
-    kinds = [run.kind if isinstance(run, TokenRun) else TEXT for run in doc.runs]
-    # The bos travels with the first segment, so no piece is a lone bos.
-    first = runs[:2]
-    units = [_join(first, kinds[0])]
-    units += [Unit(t, m, kind) for (t, m), kind in zip(runs[2:], kinds[1:])]
-    return RenderedSample(None, units)
 
 
 def split_sample(sample: RenderedSample, budget: int

@@ -157,15 +157,18 @@ def write_jsonl(path: str | os.PathLike, samples: Iterable[dict]) -> str:
     return str(path)
 
 
-def write_sample_corpus(directory: str | os.PathLike, seed: int = 0, scale: int = 1) -> dict:
+def write_sample_corpus(directory: str | os.PathLike, seed: int = 0, scale: int = 1,
+                        speech_seconds: tuple[float, float] = (2.0, 15.0)) -> dict:
     """Write ``pretrain.jsonl`` (every pre-training type) and ``sft.jsonl`` (chats) into
-    ``directory``; ``scale`` multiplies every count.  Returns {"pretrain": path, "sft": path}."""
+    ``directory``; ``scale`` multiplies every count, ``speech_seconds`` bounds every speech
+    sample's length.  Returns {"pretrain": path, "sft": path}."""
     directory = Path(directory)
     pretrain = pretraining_samples(seed, n_language=8 * scale, n_image_pairs=24 * scale,
                                    n_video_pairs=6 * scale, n_speech_pairs=12 * scale,
-                                   n_interleaved=6 * scale)
+                                   n_interleaved=6 * scale, speech_seconds=speech_seconds)
+    chats = chat_samples(seed, n=16 * scale, speech_seconds=speech_seconds)
     return {"pretrain": write_jsonl(directory / "pretrain.jsonl", pretrain),
-            "sft": write_jsonl(directory / "sft.jsonl", chat_samples(seed, n=16 * scale))}
+            "sft": write_jsonl(directory / "sft.jsonl", chats)}
 
 
 def long_tail_samples(seed: int = 0, n_pages: int = 60, n_interleaved: int = 20,

@@ -1,4 +1,6 @@
-"""MIO's templates (paper, Appendix C and SFT): sample -> token ids and loss mask.
+"""What MIO's templates (paper, Appendix C and SFT) are built from: documents of runs, their
+encoding into token ids and loss mask, the modality parts and the ChatML rendering of chats.
+Each sample type's own template is its class in ``sample_types``.
 
 A document is built as a list of *runs*: text runs (encoded with SentencePiece) and token runs
 (ids from the code lookup tables, ChatML and wrapper tokens).  The formatted string of a document
@@ -20,14 +22,6 @@ from megatron_mio.tokenizer.mio_tokenizer import MIOTokenizer
 
 STAGES = ("1", "2", "3", "sft")
 
-IMAGE_CAPTION = "{image} The caption of this image is: {caption}"
-IMAGE_GENERATION = 'Please generate an image of "{caption}": {image}'
-VIDEO_TO_TEXT = "Please describe the following video: {video} {description}"
-TEXT_TO_VIDEO = 'Please generate a video for "{description}": {video}'
-SPEECH_ASR = "{speech} Transcribe this speech: {transcription}"
-SPEECH_ASR_STAGE3 = "{speech} The transcription of this speech is: {transcription}"
-SPEECH_TTS = 'Please generate a speech of "{transcription}": {speech}'
-
 SYSTEM_PROMPT_STD = ("You are MIO, an AI assistant capable of understanding and generating images, "
                      "text, videos, and speech, selecting the appropriate modality according to "
                      "the context.")
@@ -36,9 +30,6 @@ SYSTEM_PROMPT_VOICE = ("You are MIO, an AI assistant capable of understanding im
                        "only, starting with <spch> and ending with </spch>.")
 SYSTEM_PROMPTS = {"std": SYSTEM_PROMPT_STD, "voice": SYSTEM_PROMPT_VOICE}
 
-TEXT_TO_VIDEO_PROBABILITY = 0.6  # video pairs: 60% text-to-video, 40% video-to-text
-IMAGE_GENERATION_PROBABILITY = 0.5  # image pairs: caption or generation, at random
-SPEECH_TTS_PROBABILITY = 0.5  # speech pairs with timbre: ASR or TTS, at random
 PART_SEPARATOR = " "  # between consecutive parts of interleaved / chat content
 
 
@@ -129,15 +120,9 @@ def format_document(doc: Document, tokenizer: MIOTokenizer) -> str:
                    for run in doc.runs)
 
 
-def _goes(direction: str | None, way: str, rng, probability: float) -> bool:
-    """Whether a pair goes ``way``: as the sample's ``direction`` says, else with ``probability``.
-    The draw is made either way, so a sample's direction does not shift its neighbours' draws."""
-    drawn = rng.random() < probability
-    return drawn if direction is None else direction == way
-
-
 class TemplateRenderer:
-    """Applies the stage's templates to parsed samples."""
+    """The tokenizer and stage a sample type renders with, and the pieces every template shares
+    (modality parts, text templates with slots, ChatML messages)."""
 
     def __init__(self, tokenizer: MIOTokenizer, stage: str):
         if stage not in STAGES:
@@ -146,19 +131,19 @@ class TemplateRenderer:
         self.stage = stage
 
     # -- modality parts ------------------------------------------------------------------
-    def _image(self, doc: Document, codes: np.ndarray, supervised=None) -> None:
+    def image(self, doc: Document, codes: np.ndarray, supervised=None) -> None:
         doc.tokens(self.tokenizer.image_ids(codes), supervised, kind="image")
 
-    def _video(self, doc: Document, frames: np.ndarray, supervised=None) -> None:
+    def video(self, doc: Document, frames: np.ndarray, supervised=None) -> None:
         doc.tokens(np.concatenate([self.tokenizer.image_ids(f) for f in frames]), supervised,
                    kind="video")
 
-    def _speech(self, doc: Document, speech: S.Speech, generated: bool, supervised=None) -> None:
+    def speech(self, doc: Document, speech: S.Speech, generated: bool, supervised=None) -> None:
         """Speech as input: content codes only; as output: the sequential four codebooks."""
         timbre = speech.timbre if generated else None
         doc.tokens(self.tokenizer.speech_ids(speech.content, timbre), supervised, kind="speech")
 
-    def _parts(self, doc: Document, parts: list[S.Part], speech_generated, supervised=None) -> None:
+    def parts(self, doc: Document, parts: list[S.Part], speech_generated, supervised=None) -> None:
         """Content parts joined by ``PART_SEPARATOR``; ``speech_generated(speech)`` tells the
         layout of each speech part."""
         for i, (kind, value) in enumerate(parts):
@@ -167,34 +152,13 @@ class TemplateRenderer:
             if kind == "text":
                 doc.text(value, supervised)
             elif kind == "image":
-                self._image(doc, value, supervised)
+                self.image(doc, value, supervised)
             elif kind == "video":
-                self._video(doc, value, supervised)
+                self.video(doc, value, supervised)
             else:
-                self._speech(doc, value, speech_generated(value), supervised)
+                self.speech(doc, value, speech_generated(value), supervised)
 
-    # -- pre-training templates ------------------------------------------------------------
-    def render(self, sample: S.Sample, rng: np.random.Generator) -> Document:
-        is_chat = isinstance(sample, S.Chat)
-        if (self.stage == "sft") != is_chat:
-            raise S.SampleError("type", "chat samples need --stage sft" if is_chat else
-                                "--stage sft takes chat samples only")
-        if is_chat:
-            return self.render_chat(sample)
-        doc = Document()
-        if isinstance(sample, S.Language):
-            doc.text(sample.text)
-        elif isinstance(sample, S.ImageTextPair):
-            self._image_pair(doc, sample, rng)
-        elif isinstance(sample, S.VideoTextPair):
-            self._video_pair(doc, sample, rng)
-        elif isinstance(sample, S.SpeechTextPair):
-            self._speech_pair(doc, sample, rng)
-        else:
-            self._parts(doc, sample.parts, speech_generated=lambda s: s.timbre is not None)
-        return doc
-
-    def _fill(self, doc: Document, template: str, **values) -> None:
+    def fill(self, doc: Document, template: str, **values) -> None:
         """Add ``template`` to ``doc``: literal text as text, ``{name}`` from ``values`` (a string
         is text; a callable adds token runs)."""
         for literal, name, _, _ in string.Formatter().parse(template):
@@ -203,27 +167,6 @@ class TemplateRenderer:
             if name is not None:
                 value = values[name]
                 doc.text(value) if isinstance(value, str) else value(doc)
-
-    def _image_pair(self, doc: Document, sample: S.ImageTextPair, rng) -> None:
-        generation = _goes(sample.direction, "generation", rng, IMAGE_GENERATION_PROBABILITY)
-        self._fill(doc, IMAGE_GENERATION if generation else IMAGE_CAPTION,
-                   caption=sample.caption, image=lambda d: self._image(d, sample.image))
-
-    def _video_pair(self, doc: Document, sample: S.VideoTextPair, rng) -> None:
-        to_video = _goes(sample.direction, "to_video", rng, TEXT_TO_VIDEO_PROBABILITY)
-        self._fill(doc, TEXT_TO_VIDEO if to_video else VIDEO_TO_TEXT,
-                   description=sample.description, video=lambda d: self._video(d, sample.video))
-
-    def _speech_pair(self, doc: Document, sample: S.SpeechTextPair, rng) -> None:
-        tts = sample.speech.timbre is not None and rng.random() < SPEECH_TTS_PROBABILITY
-        if sample.direction is not None:
-            tts = sample.direction == "tts"
-        if tts:
-            template = SPEECH_TTS
-        else:
-            template = SPEECH_ASR_STAGE3 if self.stage == "3" else SPEECH_ASR
-        self._fill(doc, template, transcription=sample.transcription,
-                   speech=lambda d: self._speech(d, sample.speech, generated=tts))
 
     # -- SFT ---------------------------------------------------------------------------------
     def render_chat(self, chat: S.Chat, add_generation_prompt: bool = False) -> Document:
@@ -263,7 +206,7 @@ class TemplateRenderer:
         if message.role == "system":
             self._system_prompt(doc, message.parts)
         else:
-            self._parts(doc, message.parts, speech_generated=lambda s: assistant,
+            self.parts(doc, message.parts, speech_generated=lambda s: assistant,
                         supervised=assistant)
         doc.tokens([self.tokenizer.im_end_id], supervised=assistant)
         doc.text(chatml.MESSAGE_END)
@@ -276,9 +219,3 @@ class TemplateRenderer:
         text = PART_SEPARATOR.join(value for _, value in parts)
         for piece in self.tokenizer.split_added_tokens(text):
             doc.text(piece) if isinstance(piece, str) else doc.tokens([piece])
-
-
-def render_sample(renderer: TemplateRenderer, sample: S.Sample, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Sample -> (token ids, loss mask) in one call."""
-    return encode_document(renderer.render(sample, rng), renderer.tokenizer)

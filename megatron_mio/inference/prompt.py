@@ -11,6 +11,7 @@ import numpy as np
 from megatron_mio.data import schema as S
 from megatron_mio.data.templates import TemplateRenderer, encode_document
 from megatron_mio.tokenizer import MIOTokenizer
+from megatron_mio.tokenizer.vocab import IMAGE_CODES_PER_IMAGE
 
 MODES = S.CHAT_MODES  # "std", "voice": the system prompt
 
@@ -20,6 +21,8 @@ def chat_prompt_ids(tokenizer: MIOTokenizer, text: str, mode: str = "std",
     """bos + system + user turn (optional image / speech input) + ``<|im_start|>assistant\\n``."""
     parts: list = []
     if image_codes is not None:
+        if len(image_codes) != IMAGE_CODES_PER_IMAGE:
+            raise ValueError(f"an image is exactly {IMAGE_CODES_PER_IMAGE} codes, got {len(image_codes)}")
         parts.append(("image", np.asarray(image_codes, dtype=np.int64)))
     if speech_codes is not None:
         parts.append(("speech", S.Speech(content=np.asarray(speech_codes, dtype=np.int64), timbre=None)))

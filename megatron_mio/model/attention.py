@@ -25,7 +25,9 @@ its mask type when built and refuses to run without document boundaries;
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Callable
 
 import torch
 from megatron.core.models.gpt.gpt_layer_specs import (
@@ -42,8 +44,6 @@ from megatron_mio.model.document_attention import (
     document_packed_seq_params, require_host_tensor,
 )
 
-BACKENDS = ("te", "torch", "local")
-
 # Mask types under which megatron's DotProductAttention applies the mask it is given.
 _MASK_HONOURING_TYPES = (AttnMaskType.arbitrary, AttnMaskType.padding)
 
@@ -54,16 +54,6 @@ def te_available() -> bool:
     from megatron.core.extensions.transformer_engine import HAVE_TE
 
     return bool(HAVE_TE)
-
-
-def default_backend() -> str:
-    """``te`` when transformer-engine is installed, else ``torch``."""
-    return "te" if te_available() else "torch"
-
-
-def available_backends() -> tuple[str, ...]:
-    """The backends that can run in this environment."""
-    return tuple(b for b in BACKENDS if b != "te" or te_available())
 
 
 class DocumentMaskedDotProductAttention(DotProductAttention):
@@ -140,29 +130,95 @@ def _te_document_attention_class():
     return TEDocumentAttention
 
 
-def _with_core_attention(spec: ModuleSpec, core_attention, mask_type: AttnMaskType) -> ModuleSpec:
-    spec.submodules.self_attention.submodules.core_attention = core_attention
-    spec.submodules.self_attention.params["attn_mask_type"] = mask_type
-    return spec
+def _always() -> bool:
+    return True
+
+
+def _local_spec() -> ModuleSpec:
+    return get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def _dense_mask_inputs(cu_seqlens, seq_length: int, device) -> dict:
+    require_host_tensor(cu_seqlens, "cu_seqlens")
+    return {"attention_mask": document_causal_mask(cu_seqlens, seq_length).to(device or "cpu", non_blocking=True)}
+
+
+def _packed_seq_inputs(cu_seqlens, seq_length: int, device) -> dict:
+    return {"attention_mask": None, "packed_seq_params": document_packed_seq_params(cu_seqlens, seq_length, device)}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionBackend:
+    """Everything the code needs to know about one ``--attention-backend``: one record each.
+
+    Every field is required, so a backend added without one of its pieces fails at import (and
+    ``tests/test_attention.py`` runs every piece of every record).
+    """
+
+    name: str
+    available: Callable[[], bool]  # whether it can run in this process
+    missing: str  # what to do when it cannot (one line)
+    base_spec: Callable[[], ModuleSpec]  # megatron-core's layer spec the core attention goes into
+    core_attention: Callable[[], type]  # the class put in the spec; check_document_masking accepts it
+    mask_type: AttnMaskType  # the spec's attn_mask_type; the class refuses any other
+    inputs: Callable  # (host cu_seqlens [b, L], seq_length, device) -> GPTModel.forward keywords
+    uses_megatron_softmax: bool  # megatron's (apex-fusable) masked softmax runs: masked_softmax_fusion
+    te_linear_layers: bool  # TE's linear layers: gradient accumulation fusion comes from TE, not apex
+    default_candidate: bool  # may be the default (in record order) when it can run; not the slow reference
+
+    def layer_spec(self) -> ModuleSpec:
+        if not self.available():
+            raise ValueError(f"attention backend {self.name!r} cannot run here: {self.missing}")
+        spec = self.base_spec()
+        spec.submodules.self_attention.submodules.core_attention = self.core_attention()
+        spec.submodules.self_attention.params["attn_mask_type"] = self.mask_type
+        return spec
+
+
+_RECORDS = (
+    AttentionBackend(
+        name="te", available=te_available,
+        missing="it needs transformer-engine, which is not installed; use --attention-backend torch",
+        base_spec=get_gpt_layer_with_transformer_engine_spec, core_attention=_te_document_attention_class,
+        mask_type=AttnMaskType.padding_causal, inputs=_packed_seq_inputs,
+        uses_megatron_softmax=False, te_linear_layers=True, default_candidate=True,
+    ),
+    AttentionBackend(
+        name="torch", available=_always, missing="",
+        base_spec=_local_spec, core_attention=lambda: DocumentAttention,
+        mask_type=AttnMaskType.padding_causal, inputs=_packed_seq_inputs,
+        uses_megatron_softmax=False, te_linear_layers=False, default_candidate=True,
+    ),
+    AttentionBackend(
+        name="local", available=_always, missing="",
+        base_spec=_local_spec, core_attention=lambda: DocumentMaskedDotProductAttention,
+        mask_type=AttnMaskType.arbitrary, inputs=_dense_mask_inputs,
+        uses_megatron_softmax=True, te_linear_layers=False, default_candidate=False,
+    ),
+)
+BACKENDS: dict[str, AttentionBackend] = {record.name: record for record in _RECORDS}
+
+
+def get_backend(name: str) -> AttentionBackend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown attention backend {name!r}; available: {tuple(BACKENDS)}") from None
+
+
+def default_backend() -> str:
+    """The first default candidate that can run: ``te`` when transformer-engine is installed, else ``torch``."""
+    return next(name for name, record in BACKENDS.items() if record.default_candidate and record.available())
+
+
+def available_backends() -> tuple[str, ...]:
+    """The backends that can run in this environment."""
+    return tuple(name for name, record in BACKENDS.items() if record.available())
 
 
 def layer_spec(backend: str) -> ModuleSpec:
     """The transformer-layer spec for one attention backend."""
-    if backend == "local":
-        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-        return _with_core_attention(spec, DocumentMaskedDotProductAttention, AttnMaskType.arbitrary)
-    if backend == "torch":
-        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-        return _with_core_attention(spec, DocumentAttention, AttnMaskType.padding_causal)
-    if backend == "te":
-        if not te_available():
-            raise ValueError(
-                "attention backend 'te' needs transformer-engine, which is not installed; "
-                "use --attention-backend torch"
-            )
-        spec = get_gpt_layer_with_transformer_engine_spec()
-        return _with_core_attention(spec, _te_document_attention_class(), AttnMaskType.padding_causal)
-    raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
+    return get_backend(backend).layer_spec()
 
 
 def attention_kwargs(cu_seqlens, seq_length: int, backend: str, device=None) -> dict:
@@ -172,20 +228,11 @@ def attention_kwargs(cu_seqlens, seq_length: int, backend: str, device=None) -> 
     before the batch goes to the GPU, so no micro-batch waits on the device.  The results are on
     ``device`` (default: the CPU).
     """
-    if backend == "local":
-        require_host_tensor(cu_seqlens, "cu_seqlens")
-        return {"attention_mask": document_causal_mask(cu_seqlens, seq_length).to(device or "cpu", non_blocking=True)}
-    if backend in ("torch", "te"):
-        return {"attention_mask": None,
-                "packed_seq_params": document_packed_seq_params(cu_seqlens, seq_length, device)}
-    raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
+    return get_backend(backend).inputs(cu_seqlens, seq_length, device)
 
 
 def _document_core_attention_classes() -> tuple[type, ...]:
-    classes = [DocumentMaskedDotProductAttention, DocumentAttention]
-    if te_available():
-        classes.append(_te_document_attention_class())
-    return tuple(classes)
+    return tuple(record.core_attention() for record in BACKENDS.values() if record.available())
 
 
 def check_document_masking(model: torch.nn.Module) -> None:

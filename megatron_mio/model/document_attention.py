@@ -18,8 +18,9 @@ Layouts (what megatron's SelfAttention hands over):
 
 The kernel is chosen in one place, :func:`choose_kernel`, from the tensors and what imports:
 on CUDA in fp16/bf16, torch's varlen flash attention when this torch has it (for GQA only where
-it takes ``enable_gqa``); else on CUDA, compiled FlexAttention with a document block mask; else
-(the CPU) SDPA called per document.
+a tiny grouped call at start-up, :func:`probe_grouped_kv`, shows that it takes grouped K/V);
+else on CUDA, compiled FlexAttention with a document block mask; else (the CPU) SDPA called per
+document.
 All of them compute the same function; the tests compare them with the dense-mask reference
 (:func:`document_causal_mask`, the ``local`` backend's dense mask, also built here).
 
@@ -226,8 +227,23 @@ class VarlenSignature:
         return cls(causal, "scale" in parameters, "enable_gqa" in parameters)
 
 
-def varlen_kernel(varlen_attn, signature: VarlenSignature) -> Kernel:
-    """A :data:`Kernel` over ``varlen_attn`` for the signature it has."""
+@dataclasses.dataclass(frozen=True)
+class Varlen:
+    """torch's varlen flash attention as this process calls it.
+
+    ``grouped_kv``: it takes K/V with fewer heads than the query (through ``enable_gqa`` where
+    the signature has it, else as they are), as :func:`probe_grouped_kv` found by calling it.
+    Without it, K/V are copied once per query head before the call.
+    """
+
+    attend: Callable
+    signature: VarlenSignature
+    grouped_kv: bool
+
+
+def varlen_kernel(varlen: Varlen) -> Kernel:
+    """A :data:`Kernel` over ``varlen.attend`` for the signature it has."""
+    signature = varlen.signature
 
     def attend(q, k, v, cu_seqlens, max_seqlen, scale):
         kwargs = dict(signature.causal)
@@ -236,39 +252,71 @@ def varlen_kernel(varlen_attn, signature: VarlenSignature) -> Kernel:
         elif not math.isclose(scale, 1.0 / math.sqrt(q.size(-1))):
             q = q * (scale * math.sqrt(q.size(-1)))  # the kernel applies 1/sqrt(dim) itself
         if q.size(1) != k.size(1):
-            if signature.takes_gqa:
-                kwargs["enable_gqa"] = True
-            else:  # only chosen when no GQA-capable kernel exists (see choose_kernel)
+            if not varlen.grouped_kv:  # chosen for GQA only when no other kernel exists (choose_kernel)
                 k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
                 v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
-        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, int(max_seqlen), int(max_seqlen), **kwargs)
+            elif signature.takes_gqa:
+                kwargs["enable_gqa"] = True
+        return varlen.attend(q, k, v, cu_seqlens, cu_seqlens, int(max_seqlen), int(max_seqlen), **kwargs)
 
+    attend.__qualname__ = "varlen_kernel" + ("(grouped K/V)" if varlen.grouped_kv else "(K/V copied per head)")
     return attend
 
 
+def probe_grouped_kv(varlen_attn, signature: VarlenSignature, device, dtype=torch.bfloat16) -> bool:
+    """Whether ``varlen_attn`` takes grouped K/V and gets them right: one tiny call, compared with
+    SDPA per document.
+
+    FlashAttention accepts K/V heads that divide the query heads, but which torch releases pass
+    them through (2.10/2.11 have no ``enable_gqa`` yet may accept them; 2.12+ check the head
+    counts in Python) is a fact about the installed build, so it is asked, not read from the
+    version.  Any refusal or a wrong result means no.
+    """
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(64, heads, 64, generator=generator).to(device, dtype) for heads in (4, 2, 2))
+    cu = torch.tensor([0, 24, 64], dtype=torch.int32, device=device)
+    scale = 1.0 / math.sqrt(64)
+    try:
+        got = varlen_kernel(Varlen(varlen_attn, signature, grouped_kv=True))(q, k, v, cu, 40, scale)
+    except Exception:  # noqa: BLE001 - whatever the build raises for grouped K/V, the answer is no
+        return False
+    want = sdpa_per_document(q.float(), k.float(), v.float(), cu.cpu(), 40, scale)
+    if got.shape != want.shape:
+        return False
+    error = (got.float() - want).abs().max() / want.abs().max()
+    return bool(error < 3e-2)  # bf16 rounding is ~4e-3; a wrong pairing of heads is O(1)
+
+
 @functools.cache
-def _installed_varlen() -> tuple | None:
-    """torch's varlen flash attention and its signature, or None when this torch has none."""
+def installed_varlen(device_type: str = "cuda") -> Varlen | None:
+    """torch's varlen flash attention on this device (probed once), or None without one.
+
+    Flash needs CUDA, so on any other device there is none.
+    """
+    if device_type != "cuda" or not torch.cuda.is_available():
+        return None
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
     signature = VarlenSignature.of(varlen_attn)
-    return None if signature is None else (varlen_attn, signature)
+    if signature is None:
+        return None
+    return Varlen(varlen_attn, signature, probe_grouped_kv(varlen_attn, signature, torch.device("cuda")))
 
 
-def choose_kernel(device_type: str, dtype: torch.dtype, grouped: bool, varlen: tuple | None,
+def choose_kernel(device_type: str, dtype: torch.dtype, grouped: bool, varlen: Varlen | None,
                   has_flex: bool) -> Kernel:
     """The kernel for a query on ``device_type`` in ``dtype`` (``grouped``: fewer K/V heads).
 
-    Flash (varlen) needs CUDA and fp16/bf16.  A varlen without ``enable_gqa`` (torch 2.9-2.11)
-    would need K/V copied once per query head and kept for backward; FlexAttention takes the
-    groups natively, so it is preferred there for GQA models.
+    Flash (varlen) needs CUDA and fp16/bf16.  A varlen that does not take grouped K/V would need
+    them copied once per query head and kept for backward; FlexAttention takes the groups
+    natively, so it is preferred then for GQA models.
     """
     if device_type == "cuda":
         flash_dtype = dtype in (torch.float16, torch.bfloat16)
-        if flash_dtype and varlen is not None and (varlen[1].takes_gqa or not grouped or not has_flex):
-            return varlen_kernel(*varlen)
+        if flash_dtype and varlen is not None and (varlen.grouped_kv or not grouped or not has_flex):
+            return varlen_kernel(varlen)
         if has_flex:
             return flex_document_attention
     return sdpa_per_document
@@ -282,11 +330,11 @@ def document_attention_kernel(query: torch.Tensor, key: torch.Tensor | None = No
 
 @functools.cache
 def _installed_kernel(device_type: str, dtype: torch.dtype, grouped: bool) -> Kernel:
-    return choose_kernel(device_type, dtype, grouped, _installed_varlen(), _has_flex_attention())
+    return choose_kernel(device_type, dtype, grouped, installed_varlen(device_type), has_flex_attention())
 
 
 @functools.cache
-def _has_flex_attention() -> bool:
+def has_flex_attention() -> bool:
     try:
         import torch.nn.attention.flex_attention  # noqa: F401
     except ImportError:

@@ -10,10 +10,9 @@ TransformerConfig field     kernel it needs                       on when
 bias_activation_fusion      megatron's SwiGLU, ``torch.compile``  a compiler backend for the device
 bias_dropout_fusion         megatron's bias-dropout-add,          (triton on CUDA, a C++ compiler
                             ``torch.compile``                     on the CPU)
-masked_softmax_fusion       apex ``scaled_masked_softmax_cuda``   backend ``local`` and apex's
-                                                                  kernel imports (``torch`` and
-                                                                  ``te`` never use megatron's
-                                                                  softmax)
+masked_softmax_fusion       apex ``scaled_masked_softmax_cuda``   the backend's record says it runs
+                                                                  megatron's softmax (``local``)
+                                                                  and apex's kernel imports
 apply_rope_fusion           transformer-engine's fused RoPE       transformer-engine imports
 gradient_accumulation_      TE's linear layers (``te``) or apex   the layers' kernel imports
 fusion                      ``fused_weight_gradient_mlp_cuda``
@@ -112,16 +111,17 @@ def _apex_grad_accumulation_available() -> bool:
 
 def available_fusions(attention_backend: str, device_type: str) -> Fusions:
     """Every fusion whose kernel this process can run for this backend and device."""
-    from megatron_mio.model.attention import te_available
+    from megatron_mio.model.attention import get_backend, te_available
 
+    backend = get_backend(attention_backend)
     compiled = compile_backend_available(device_type)
     te = te_available()
     return Fusions(
         bias_activation_fusion=compiled,
         bias_dropout_fusion=compiled,
-        masked_softmax_fusion=attention_backend == "local" and _module_imports("scaled_masked_softmax_cuda"),
+        masked_softmax_fusion=backend.uses_megatron_softmax and _module_imports("scaled_masked_softmax_cuda"),
         apply_rope_fusion=te and _te_fused_rope_available(),
-        gradient_accumulation_fusion=(te if attention_backend == "te" else _apex_grad_accumulation_available()),
+        gradient_accumulation_fusion=(te if backend.te_linear_layers else _apex_grad_accumulation_available()),
     )
 
 

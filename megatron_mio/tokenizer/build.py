@@ -26,6 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
@@ -43,6 +44,10 @@ _PIECE_CONTROL = sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL
 _PIECE_USER_DEFINED = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
 _MODEL_UNIGRAM = sentencepiece_model_pb2.TrainerSpec.UNIGRAM
 _MODEL_BPE = sentencepiece_model_pb2.TrainerSpec.BPE
+
+
+class BaseTokenizerError(ValueError):
+    """The base given to :func:`build_mio_tokenizer` is not a tokenizer it can extend."""
 
 
 @dataclasses.dataclass
@@ -64,7 +69,15 @@ class BuildResult:
 
 def load_sentencepiece_proto(model_path: str | os.PathLike) -> sentencepiece_model_pb2.ModelProto:
     proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(Path(model_path).read_bytes())
+    try:
+        proto.ParseFromString(Path(model_path).read_bytes())
+    except DecodeError:
+        proto.Clear()
+    # Protobuf parses some foreign bytes (an empty file, a few text lines) into a model with no
+    # pieces: that is no SentencePiece model either.
+    if not proto.pieces:
+        raise BaseTokenizerError(f"{model_path}: not a SentencePiece .model file (give the .model "
+                                 "file sentencepiece wrote, or a Hugging Face tokenizer directory)")
     return proto
 
 
@@ -97,7 +110,7 @@ def fast_tokenizer_from_sentencepiece(proto: sentencepiece_model_pb2.ModelProto)
             fuse_unk=True, byte_fallback=trainer.byte_fallback,
         )
     else:
-        raise ValueError(f"unsupported SentencePiece model type {trainer.model_type} "
+        raise BaseTokenizerError(f"unsupported SentencePiece model type {trainer.model_type} "
                          "(only Unigram and BPE models are supported)")
     tokenizer = Tokenizer(model)
 
@@ -152,7 +165,7 @@ def _special_tokens(proto, config: dict) -> SpecialTokens:
     eos = _token_name(config.get("eos_token")) or piece(trainer.eos_id)
     pad = _token_name(config.get("pad_token")) or piece(trainer.pad_id) or unk
     if bos is None or eos is None:
-        raise ValueError("the base SentencePiece model has no bos/eos piece and no "
+        raise BaseTokenizerError("the base SentencePiece model has no bos/eos piece and no "
                          "tokenizer_config.json names one")
     return SpecialTokens(bos=bos, eos=eos, unk=unk, pad=pad)
 
@@ -186,11 +199,11 @@ def _keep_added_tokens(tokenizer: Tokenizer, base_dir: Path, base_vocab_size: in
     """Re-add the tokens an HF directory had beyond its SentencePiece model, with their ids."""
     extra = [(i, t) for i, t in _existing_added_tokens(base_dir) if i >= base_vocab_size]
     if [i for i, _ in extra] != list(range(base_vocab_size, base_vocab_size + len(extra))):
-        raise ValueError(f"{base_dir}: the added tokens do not have consecutive ids after the "
+        raise BaseTokenizerError(f"{base_dir}: the added tokens do not have consecutive ids after the "
                          f"{base_vocab_size} SentencePiece pieces")
     _extend(tokenizer, [t for _, t in extra])
     if extra and tokenizer.token_to_id(extra[-1][1]) != extra[-1][0]:
-        raise ValueError(f"{base_dir}: added tokens repeat or collide with SentencePiece pieces")
+        raise BaseTokenizerError(f"{base_dir}: added tokens repeat or collide with SentencePiece pieces")
 
 
 def _locate_base(base: str | os.PathLike) -> tuple[Path, Path | None, dict]:
@@ -199,11 +212,25 @@ def _locate_base(base: str | os.PathLike) -> tuple[Path, Path | None, dict]:
     if base.is_file():
         return base, None, {}
     if not base.is_dir():
-        raise FileNotFoundError(f"{base}: neither a SentencePiece .model file nor a directory")
-    config_path = base / TOKENIZER_CONFIG
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+        raise FileNotFoundError(f"{base}: no such file or directory (give a SentencePiece .model "
+                                "file or a Hugging Face tokenizer directory)")
     model = base / SENTENCEPIECE_MODEL
+    if not model.exists() and not (base / TOKENIZER_JSON).exists():
+        raise BaseTokenizerError(f"{base}: not a tokenizer directory (it holds neither "
+                                 f"{SENTENCEPIECE_MODEL} nor {TOKENIZER_JSON})")
+    config_path = base / TOKENIZER_CONFIG
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    except json.JSONDecodeError as error:
+        raise BaseTokenizerError(f"{config_path}: not valid JSON ({error})") from None
     return (model if model.exists() else None), base, config
+
+
+def _read_tokenizer_json(path: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises plain Exception for unreadable files
+        raise BaseTokenizerError(f"{path}: not a tokenizers file ({error})") from None
 
 
 def build_mio_tokenizer(base: str | os.PathLike, output: str | os.PathLike,
@@ -223,12 +250,12 @@ def build_mio_tokenizer(base: str | os.PathLike, output: str | os.PathLike,
         if base_dir is not None:
             _keep_added_tokens(tokenizer, base_dir, base_vocab_size)
     else:
-        tokenizer = Tokenizer.from_file(str(base_dir / TOKENIZER_JSON))
+        tokenizer = _read_tokenizer_json(base_dir / TOKENIZER_JSON)
         base_vocab_size = tokenizer.get_vocab_size(with_added_tokens=False)
         specials = SpecialTokens(*(_token_name(config.get(k)) for k in
                                    ("bos_token", "eos_token", "unk_token", "pad_token")))
         if specials.bos is None or specials.eos is None:
-            raise ValueError(f"{base_dir}: tokenizer_config.json names no bos_token/eos_token")
+            raise BaseTokenizerError(f"{base_dir}: tokenizer_config.json names no bos_token/eos_token")
         specials.pad = specials.pad or specials.unk or specials.eos
 
     added_mio = _extend(tokenizer, V.mio_tokens())

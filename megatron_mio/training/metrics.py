@@ -88,6 +88,8 @@ class IntervalStats:
     grad_norms: list = field(default_factory=list)
     tokens: int = 0
     pairs: int = 0
+    forward_backward_seconds: float = 0.0
+    optimizer_seconds: float = 0.0
     started: float = field(default_factory=time.time)
 
 
@@ -99,6 +101,7 @@ class MetricsLogger:
         self.run = run
         self.train_iters = train_iters
         self.world_size = world_size
+        self.device_name = device_name
         self.peak = peak_tflops(device_name, run.precision)
         self.is_logging_rank = is_logging_rank
         self.flops_per_token = forward_flops_per_token(run.preset, run.padded_vocab_size)
@@ -137,6 +140,10 @@ class MetricsLogger:
             "tokens_per_second": stats.tokens / elapsed if elapsed > 0 else 0.0,
             "tflops_per_gpu": tflops_per_gpu,
             "mfu": tflops_per_gpu / self.peak if self.peak else None,
+            "forward_backward_ms_per_iteration": stats.forward_backward_seconds * 1000.0 / max(stats.iterations, 1),
+            "optimizer_ms_per_iteration": stats.optimizer_seconds * 1000.0 / max(stats.iterations, 1),
+            # The device's peak since the start (None on the CPU, which has no allocator statistics).
+            "max_memory_allocated_bytes": torch.cuda.max_memory_allocated() if self.device_name else None,
         }
 
     def emit(self, record: dict) -> None:

@@ -217,10 +217,19 @@ class Trainer:
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
+        state, stats = self.state, self.stats
+        # Megatron-LM's forward-backward and optimizer timers: the device is synchronised at
+        # each boundary so that the split is device time, not launch time.
+        torch.cuda.synchronize()
+        began = time.perf_counter()
         loss = self._run_schedule(data_iterator, forward_only=False)
+        torch.cuda.synchronize()
+        gradients_done = time.perf_counter()
         learning_rate = self.optimizer.param_groups[0]["lr"]  # before the scheduler moves it
         stepped, grad_norm = optimizer_step(self.optimizer)
-        state, stats = self.state, self.stats
+        torch.cuda.synchronize()
+        stats.forward_backward_seconds += gradients_done - began
+        stats.optimizer_seconds += time.perf_counter() - gradients_done
         if stepped:
             self.scheduler.step(increment=1)
             state.skipped_in_a_row = 0
