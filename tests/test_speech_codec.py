@@ -205,7 +205,7 @@ def test_tokenized_jsonl_preprocesses_into_the_spch_layout(tokenized, codec, cli
         assert sample["transcription"] == SENTENCES[Path(sample["audio"]).stem]
     report = preprocess(PreprocessConfig(inputs=[f"{prefix}.jsonl"],
                                          output_prefix=str(prefix) + "-packed",
-                                         tokenizer=mio_tokenizer_dir, stage="1"))
+                                         tokenizer=mio_tokenizer_dir, stage="1")).report.to_json()
     assert report["documents_written"] == len(samples) and report["skipped"]["count"] == 0
     tokens, _ = open_dataset(str(prefix) + "-packed")
     for document, sample in zip(tokens, samples):
