@@ -17,6 +17,8 @@ CONSOLE_SCRIPTS = {
     "mio-convert-to-hf": "megatron_mio.commands.convert_to_hf:main",
     "mio-compare-logits": "megatron_mio.commands.compare_logits:main",
     "mio-generate": "megatron_mio.commands.generate:main",
+    "mio-tokenize-speech": "megatron_mio.commands.tokenize_speech:main",
+    "mio-decode-speech": "megatron_mio.commands.decode_speech:main",
     "mio-build-wheelhouse": "megatron_mio.commands.build_wheelhouse:main",
     "mio-checkpoint": "megatron_mio.checkpoint.__main__:main",
 }
@@ -56,5 +58,8 @@ setup(
         # GPU extras: optional, imported only when present (apex: build from source, see README).
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
         "test": ["pytest", "hypothesis", "matplotlib", "wandb"],
+        # Speech codec (megatron_mio.codec): install speechtokenizer itself with --no-deps, as
+        # ci/install_audio.sh does: its metadata pulls torchaudio, which replaces torch.
+        "speech": ["soundfile", "soxr", "einops"],
     },
 )
