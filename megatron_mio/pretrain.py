@@ -23,12 +23,17 @@ def main(argv=None) -> int:
     common, trainer_argv = split_common_flags(sys.argv[1:] if argv is None else list(argv))
     cli.quiet_libraries(common.verbose)  # before torch and megatron-core are imported
     from megatron_mio.checkpoint.discovery import CheckpointError
-    from megatron_mio.training.arguments import ConfigError
-    from megatron_mio.training.checkpointing import CheckpointWriteError
-    from megatron_mio.training.trainer import pretrain
+    from megatron_mio.training.arguments import ConfigError, parse_args
 
     try:
-        pretrain(trainer_argv)
+        config = parse_args(trainer_argv)  # --help and flag mistakes end here, before torch is imported
+        from megatron_mio.training.checkpointing import CheckpointWriteError
+        from megatron_mio.training.trainer import train
+    except ConfigError as err:
+        cli.report_input_error(err)  # one line, rank 0 only
+        return cli.EXIT_INPUT_ERROR
+    try:
+        train(config)
     except (ConfigError, CheckpointError) as err:
         cli.report_input_error(err)  # one line, rank 0 only
         return cli.EXIT_INPUT_ERROR

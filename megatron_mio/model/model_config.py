@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -59,7 +57,9 @@ class Precision:
         return self.name == "fp16"
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self) -> "torch.dtype":
+        import torch  # here, not at the top: the trainer's --help imports this module
+
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
 
 

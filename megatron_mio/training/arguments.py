@@ -19,7 +19,6 @@ import dataclasses
 import os
 
 from megatron_mio.checkpoint.retention import RetentionPolicy
-from megatron_mio.model.attention import BACKENDS, available_backends, default_backend
 from megatron_mio.model.fusions import FUSION_FLAGS
 from megatron_mio.model.model_config import ParallelLayout, Precision, Recompute
 from megatron_mio.model.presets import PRESETS, VOCAB_SIZE_DIVISIBLE_BY, ModelPreset, get_preset
@@ -78,7 +77,11 @@ def _model_flags(g) -> None:
     g.add_argument("--init-method-std", type=float, default=None)
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=VOCAB_SIZE_DIVISIBLE_BY)
     g.add_argument("--vocab-size", type=int, default=None, help="vocabulary size when no --tokenizer-model is given (mock data)")
-    g.add_argument("--attention-backend", default=None, choices=list(BACKENDS), help="default: megatron_mio.model.attention.default_backend()")
+    # No argparse choices: the names are the records of megatron_mio/model/attention.py, which
+    # imports megatron-core; they are checked in _model_config, so that --help stays instant.
+    g.add_argument("--attention-backend", default=None, metavar="NAME",
+                   help="a record of megatron_mio/model/attention.py BACKENDS (te, torch, local); "
+                        "default: te when transformer-engine is installed, else torch")
     g.add_argument("--use-cpu-initialization", action="store_true", help="initialise weights on the CPU as unsplit master weights (same numbers for any TP)")
 
 
@@ -258,6 +261,11 @@ def _model_preset(args: argparse.Namespace) -> ModelPreset:
 
 
 def _model_config(args: argparse.Namespace) -> ModelConfig:
+    from megatron_mio.model.attention import BACKENDS, available_backends, default_backend
+
+    if args.attention_backend is not None and args.attention_backend not in BACKENDS:
+        raise ConfigError(f"--attention-backend {args.attention_backend}: no such backend "
+                          f"(choose from {', '.join(BACKENDS)})")
     backend = args.attention_backend or default_backend()
     if backend not in available_backends():
         raise ConfigError(f"--attention-backend {backend} is not available here "

@@ -348,8 +348,12 @@ def pretrain(argv: list[str] | None = None, forward_step_func=None) -> dict:
     ``forward_step_func`` replaces ``step.forward_step`` (same signature); the default is the
     MIO forward step.
     """
+    return train(parse_args(argv), forward_step_func)
+
+
+def train(config: TrainingConfig, forward_step_func=None) -> dict:
+    """Run training as ``config`` describes (``pretrain``, once the flags are parsed)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
-    config = parse_args(argv)
     resume, vocabulary = _startup_checks(config)
     plat = initialize(config)
     if torch.distributed.get_rank() == 0:
