@@ -189,6 +189,28 @@ def report_input_error(error: BaseException, prog: str | None = None) -> None:
     print(f"{head}: {message}", file=sys.stderr, flush=True)
 
 
+def _slurm_int(name: str, default: str | None = None) -> int:
+    text = os.environ.get(name, default)
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name}={text!r} is not an integer: run inside a Slurm array job, or pass "
+                         "--num-shards and --shard-index") from None
+
+
+def resolve_shard(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
+    """(``--num-shards``, ``--shard-index``): each flag as given, else its Slurm array variable
+    (``SLURM_ARRAY_TASK_COUNT``; ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN``), else 1 and 0."""
+    in_array = bool(os.environ.get("SLURM_ARRAY_TASK_ID"))
+    if num_shards is None:
+        num_shards = _slurm_int("SLURM_ARRAY_TASK_COUNT") if in_array else 1
+    if shard_index is None:
+        # One shard has one index: the array's variables are not needed (nor checked).
+        in_array = in_array and num_shards != 1
+        shard_index = _slurm_int("SLURM_ARRAY_TASK_ID") - _slurm_int("SLURM_ARRAY_TASK_MIN", "0") if in_array else 0
+    return num_shards, shard_index
+
+
 def run(prog: str, body: Callable[[], int | None],
         input_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command's ``body``; its input mistakes become one line and exit status 2.

@@ -65,30 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def slurm_array_shard() -> tuple[int, int]:
-    """(num_shards, shard_index) from Slurm's array variables; (1, 0) outside an array."""
-    if not os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return 1, 0
-    values = {}
-    for name, default in (("SLURM_ARRAY_TASK_COUNT", ""), ("SLURM_ARRAY_TASK_ID", ""),
-                          ("SLURM_ARRAY_TASK_MIN", "0")):
-        text = os.environ.get(name, default)
-        try:
-            values[name] = int(text)
-        except ValueError:
-            raise cli.UsageError(f"{name}={text!r} is not an integer: run inside a Slurm array "
-                                 "job, or pass --num-shards and --shard-index") from None
-    return (values["SLURM_ARRAY_TASK_COUNT"],
-            values["SLURM_ARRAY_TASK_ID"] - values["SLURM_ARRAY_TASK_MIN"])
-
-
-def _shards(args) -> tuple[int, int]:
-    if args.num_shards is not None or args.shard_index is not None:
-        return (1 if args.num_shards is None else args.num_shards,
-                0 if args.shard_index is None else args.shard_index)
-    return slurm_array_shard()
-
-
 def check_paths(args) -> None:
     """Every path mistake, before the tokenizer or megatron-core is loaded."""
     prefix = args.output_prefix
@@ -111,7 +87,7 @@ def check_paths(args) -> None:
 
 
 def _preprocess(args) -> int:
-    num_shards, shard_index = _shards(args)
+    num_shards, shard_index = cli.resolve_shard(args.num_shards, args.shard_index)
     check_paths(args)
     from megatron_mio.data.prefix_lock import PrefixBusyError
     from megatron_mio.data.preprocess import (

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from megatron_mio.data.input_ranges import shard_output_prefix
 from megatron_mio import cli
 from megatron_mio.cli import UsageError
 
@@ -52,15 +52,6 @@ class Item:
     extra: dict  # manifest keys passed through (direction, id)
 
 
-def slurm_array_shard() -> tuple[int, int]:
-    """(num_shards, shard_index) from Slurm's array variables; (1, 0) outside an array."""
-    count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
-    task = os.environ.get("SLURM_ARRAY_TASK_ID")
-    if not count or not task:
-        return 1, 0
-    return int(count), int(task) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("tokenize_speech", __doc__)
     parser.add_argument("--input", required=True,
@@ -83,20 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--log-interval", type=float, default=30.0,
                         help="seconds between progress lines")
-    num_shards, shard_index = slurm_array_shard()
-    parser.add_argument("--num-shards", type=int, default=num_shards,
+    parser.add_argument("--num-shards", type=int, default=None,
                         help="split the input into this many parts (default: "
                              "SLURM_ARRAY_TASK_COUNT, else 1)")
-    parser.add_argument("--shard-index", type=int, default=shard_index,
+    parser.add_argument("--shard-index", type=int, default=None,
                         help="which part to write, from 0 (default: SLURM_ARRAY_TASK_ID - "
                              "SLURM_ARRAY_TASK_MIN, else 0)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TokenizeSpeechConfig:
-    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
-        raise UsageError(f"--shard-index must be in 0..{args.num_shards - 1} and --num-shards "
-                         f">= 1, got {args.shard_index} of {args.num_shards}")
+    num_shards, shard_index = cli.resolve_shard(args.num_shards, args.shard_index)
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise UsageError(f"--shard-index must be in 0..{num_shards - 1} and --num-shards "
+                         f">= 1, got {shard_index} of {num_shards}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_seconds <= 0:
@@ -104,13 +95,8 @@ def config_from_args(args: argparse.Namespace) -> TokenizeSpeechConfig:
     return TokenizeSpeechConfig(
         input=args.input, codec=args.codec, output_prefix=args.output_prefix,
         batch_size=args.batch_size, max_seconds=args.max_seconds, direction=args.direction,
-        device=args.device, num_shards=args.num_shards, shard_index=args.shard_index,
+        device=args.device, num_shards=num_shards, shard_index=shard_index,
         log_interval=args.log_interval)
-
-
-def shard_prefix(prefix: str, shard_index: int, num_shards: int) -> str:
-    """PREFIX for one shard, PREFIX-0000i-of-0000N for shard i of N (as preprocess_data.py)."""
-    return prefix if num_shards == 1 else f"{prefix}-{shard_index:05d}-of-{num_shards:05d}"
 
 
 def list_items(path: str) -> list[Item]:
@@ -256,7 +242,7 @@ def tokenize_shard(config: TokenizeSpeechConfig, items: list[Item], codec) -> di
     writer = ShardWriter(config, codec, progress)
     window = config.batch_size * 8
     numbered = list(enumerate(items))
-    prefix = shard_prefix(config.output_prefix, config.shard_index, config.num_shards)
+    prefix = shard_output_prefix(config.output_prefix, config.shard_index, config.num_shards)
     written = 0
     with atomic_file(f"{prefix}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as out:
         for start in range(0, len(numbered), window):
@@ -302,7 +288,7 @@ def print_summary(report: dict, prefix: str) -> None:
 
 
 def run(config: TokenizeSpeechConfig) -> int:
-    prefix = shard_prefix(config.output_prefix, config.shard_index, config.num_shards)
+    prefix = shard_output_prefix(config.output_prefix, config.shard_index, config.num_shards)
     if Path(f"{prefix}.jsonl").exists():
         print(f"tokenize_speech: shard {config.shard_index} of {config.num_shards} already "
               f"written: {prefix}.jsonl (delete it to redo)", file=sys.stderr)
