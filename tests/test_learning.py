@@ -19,6 +19,7 @@ import sys
 
 import pytest
 
+from megatron_mio.commands.generate import main as generate_main
 from megatron_mio.tokenizer import vocab as V
 from tests.distributed import REPO_ROOT, cpu_env
 
@@ -102,9 +103,15 @@ def trained(tmp_path_factory, mio_tokenizer_dir):
     return {"root": root, "codes": codes, "hf": root / "hf"}
 
 
-def generate(trained, out_name: str, *args) -> list[dict]:
+def generate(trained, out_name: str, *args, in_process: bool = False) -> list[dict]:
+    """tools/generate.py's answers; ``in_process`` runs the same ``main`` the tool runs, without
+    a new interpreter (24 single-prompt calls would spend most of their time importing torch)."""
     output = trained["root"] / f"{out_name}.json"
-    tool("generate", "--hf-dir", trained["hf"], "--output", output, *args)
+    argv = ["--hf-dir", trained["hf"], "--output", output, *args]
+    if in_process:
+        assert generate_main(list(map(str, argv))) == 0
+    else:
+        tool("generate", *argv)
     results = json.loads(output.read_text())
     return results if isinstance(results, list) else [results]
 
@@ -130,9 +137,11 @@ def test_image_and_speech_to_text(trained):
     named, heard = 0, 0
     for word in CONCEPTS:
         image = ",".join(map(str, codes[word]["image"]))
-        answer = generate(trained, f"name_{word}", "--prompt", "What is this?", "--image-codes", image)
+        answer = generate(trained, f"name_{word}", "--prompt", "What is this?", "--image-codes", image,
+                          in_process=True)
         named += word in answer[0]["text"]
         speech = ",".join(map(str, codes[word]["speech"]["content"]))
-        answer = generate(trained, f"hear_{word}", "--prompt", "What was said?", "--speech-codes", speech)
+        answer = generate(trained, f"hear_{word}", "--prompt", "What was said?", "--speech-codes", speech,
+                          in_process=True)
         heard += word in answer[0]["text"]
     assert named >= 10 and heard >= 10, f"image -> text {named}/12, speech -> text {heard}/12"
