@@ -189,7 +189,7 @@ def test_convert_to_hf_truncated_distcp_is_named(megatron_checkpoint, tmp_path):
     with open(shard, "r+b") as f:
         f.truncate(shard.stat().st_size // 2)
     one_error_line(call(convert_to_hf.main, "--load", damaged, "--output", tmp_path / "hf"),
-                   "convert_to_hf", f"{shard} has ", "the checkpoint's index needs", "--iteration")
+                   "convert_to_hf", f"{shard} has ", "its index needs", "--iteration")
     assert not (tmp_path / "hf").exists() and not list(tmp_path.glob(".hf.tmp-*"))
 
 

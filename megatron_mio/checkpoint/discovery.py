@@ -75,15 +75,29 @@ def read_checked_common_state(root: str, iteration: int) -> dict:
 
 
 def check_checkpoint_files(root: str, iteration: int) -> None:
-    """Every file of a torch_dist checkpoint is present and as long as its index says."""
+    """Every file of ``root``'s iteration is present and as long as its index says."""
+    try:
+        read_checked_metadata(str(iteration_dir(root, iteration)))
+    except DamagedFilesError as err:
+        raise CheckpointError(_damaged(root, iteration, str(err))) from None
+
+
+class DamagedFilesError(ValueError):
+    """A torch_dist checkpoint's index cannot be read, or a file it points into is missing or short."""
+
+
+def read_checked_metadata(directory: str | os.PathLike):
+    """The index (``.metadata``) of the torch_dist checkpoint in ``directory``, after checking that
+    every ``.distcp`` file it points into is present and long enough: a truncated file fails
+    here, named, instead of deep inside a read."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    directory = str(iteration_dir(root, iteration))
+    directory = str(directory)
     try:
         metadata = FileSystemReader(directory).read_metadata()
     except Exception as err:  # noqa: BLE001 - missing, truncated or not a pickle
-        raise CheckpointError(_damaged(root, iteration, f"its index {os.path.join(directory, '.metadata')} cannot be read "
-                                                        f"({type(err).__name__}: {err})")) from None
+        raise DamagedFilesError(f"its index {os.path.join(directory, '.metadata')} cannot be read "
+                                f"({type(err).__name__}: {err})") from None
     needed: dict[str, int] = {}
     for item in metadata.storage_data.values():
         needed[item.relative_path] = max(needed.get(item.relative_path, 0), item.offset + item.length)
@@ -92,7 +106,8 @@ def check_checkpoint_files(root: str, iteration: int) -> None:
         size = os.path.getsize(path) if os.path.isfile(path) else None
         if size is None or size < length:
             found = "is missing" if size is None else f"has {size} bytes"
-            raise CheckpointError(_damaged(root, iteration, f"{path} {found}, its index needs {length}"))
+            raise DamagedFilesError(f"{path} {found}, its index needs {length}")
+    return metadata
 
 
 def _listing(root: str) -> str:

@@ -37,6 +37,8 @@ from torch.distributed.checkpoint.metadata import (
 from torch.distributed.checkpoint.planner import LoadPlan, SavePlan, TensorWriteData, WriteItem, WriteItemType
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+from megatron_mio.checkpoint.discovery import DamagedFilesError, read_checked_metadata
+
 # Where megatron-core's torch_dist strategy keeps the common state: one ShardedObject.
 COMMON_STATE_KEY = ShardedObject("common_state", None, (1,), (0,)).unique_key
 
@@ -160,24 +162,12 @@ class DamagedCheckpointError(ValueError):
 
 
 def _read_whole_checkpoint_metadata(directory: Path):
-    """The checkpoint's index, after checking that every file it points into is long enough: a
-    truncated ``.distcp`` fails here, named, instead of deep inside a read."""
+    """The checkpoint's index, its files checked whole (``checkpoint.discovery``, as a resume does)."""
     try:
-        metadata = dcp.FileSystemReader(str(directory)).read_metadata()
-    except Exception as err:  # noqa: BLE001 - missing, truncated or not a pickle
-        raise DamagedCheckpointError(f"{directory / '.metadata'}: the checkpoint's index cannot be read "
-                                     f"({type(err).__name__}: {err})") from None
-    needed: dict[str, int] = {}
-    for item in metadata.storage_data.values():
-        needed[item.relative_path] = max(needed.get(item.relative_path, 0), item.offset + item.length)
-    for name, length in sorted(needed.items()):
-        path = directory / name
-        size = path.stat().st_size if path.is_file() else None
-        if size is None or size < length:
-            found = "is missing" if size is None else f"has {size} bytes"
-            raise DamagedCheckpointError(f"{path} {found}, the checkpoint's index needs {length}: "
-                                         "the checkpoint is damaged (choose another with --iteration)")
-    return metadata
+        return read_checked_metadata(directory)
+    except DamagedFilesError as err:
+        raise DamagedCheckpointError(f"checkpoint {directory} is damaged: {err}; "
+                                     "choose another with --iteration") from None
 
 
 class CheckpointReader:
