@@ -55,13 +55,17 @@ def copy_checkpoint(src_root: Path, iteration: int, dst_root: Path) -> Path:
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_resume_3_plus_3_equals_6_straight(runs_root):
+    """The resumed run saves with --async-save: its iteration 6, written in the background,
+    holds the same tensors as the straight run's synchronous save, and the tracker names it."""
     straight = straight_dp2(runs_root)
     ckpt = Path(straight["dir"]) / "ckpt"
     assert read_tracker(ckpt) == 6 and os.path.isdir(iteration_dir(ckpt, 3))
     # Outside the run's own directory, which train() recreates empty.
     resumed_ckpt = copy_checkpoint(ckpt, 3, Path(runs_root) / "resumed_ckpt")
-    resumed = train(runs_root, "resumed", 2, [*DP2, "--load", str(resumed_ckpt), "--save", str(resumed_ckpt)])
+    resumed = train(runs_root, "resumed", 2, [*DP2, "--load", str(resumed_ckpt), "--save", str(resumed_ckpt),
+                                              "--async-save"])
     assert sorted(resumed["losses"]) == [4, 5, 6]
+    assert read_tracker(resumed_ckpt) == 6
     for it in (4, 5, 6):  # exact: same data, same RNG, same optimizer state
         assert resumed["losses"][it] == straight["losses"][it], it
     assert resumed["records"][0]["consumed_samples"] == straight["records"][3]["consumed_samples"]

@@ -241,10 +241,7 @@ class Checkpointer:
         state.update(common_state(iteration, train_state.consumed_samples, describe_checkpoint(self.run),
                                   train_state.counters()))
         with self._reporting_write_failures():
-            request = dist_checkpointing.save(
-                state, directory, async_sharded_save=self.async_queue is not None, async_strategy="mcore",
-                content_metadata=meta,
-            )
+            request = dist_checkpointing.save(state, directory, content_metadata=meta, **self._async_arguments())
             if self.async_queue is None:
                 torch.distributed.barrier()
                 self._mark_complete(iteration)
@@ -253,6 +250,19 @@ class Checkpointer:
             else:
                 request.add_finalize_fn(lambda: self._mark_complete(iteration))
                 self.async_queue.schedule_async_request(request)
+
+    def _async_arguments(self) -> dict:
+        """``dist_checkpointing.save``'s asynchronous-save arguments: none for a synchronous save
+        (megatron-core reads ``async_strategy`` only when ``async_sharded_save`` is set).
+
+        megatron-core 0.19.2's one non-deprecated async writer, ``"nvrx"``, lives in the separate
+        nvidia-resiliency-ext package with its own request queue; without it the only async path
+        is megatron-core's own ``"mcore"`` writer, deprecated, and used here for --async-save only.
+        (Its synchronous save runs that same writer too, so it logs the deprecation either way:
+        ``TorchDistSaveShardedStrategy.save`` calls ``async_save(async_strategy="mcore")``.)"""
+        if self.async_queue is None:
+            return {}
+        return {"async_sharded_save": True, "async_strategy": "mcore"}
 
     def _mark_complete(self, iteration: int) -> None:
         """Point the tracker to ``iteration`` (every rank has written it), then apply retention."""
