@@ -68,6 +68,40 @@ def test_each_sink_writes_the_record_on_the_logging_rank_only(tmp_path, capsys):
     assert "iteration" not in events.Tags()["scalars"] and "loss_speech" not in events.Tags()["scalars"]
 
 
+def test_the_trainers_record_carries_the_layout_and_the_sinks_keep_it_off_the_curves(tmp_path, capsys):
+    """The record a run builds says how the run was laid out (Megatron-LM's argument names), so a
+    metrics file alone can calibrate the planner; the console line and the curves leave it out."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from megatron_mio.training.loggers import format_line
+    from megatron_mio.training.metrics import IntervalStats, MetricsLogger
+    from megatron_mio.training.run import describe_run
+
+    config = parse_args([*BASE, "--num-layers", "4", "--tensor-model-parallel-size", "2",
+                         "--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1",
+                         "--recompute-granularity", "full", "--recompute-method", "uniform",
+                         "--recompute-num-layers", "1", "--global-batch-size", "8"], world_size=8)
+    logging = LoggingConfig(log_interval=1, tensorboard_dir=str(tmp_path / "tb"), metrics_file=str(tmp_path / "m.jsonl"))
+    logger = MetricsLogger(describe_run(config, 300, None), open_sinks(logging, is_logging_rank=True),
+                           train_iters=4, world_size=8, device_name=None)
+    stats = IntervalStats(iterations=1, tokens=8 * 64, pairs=8 * 64 * 65 // 2, started=time.time() - 0.5)
+    record = logger.record(iteration=1, consumed_samples=8, lr=1e-3, stats=stats, total_skipped=0, loss_scale=None)
+    logger.emit(record)
+    logger.close()
+    layout = {"tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 2,
+              "virtual_pipeline_model_parallel_size": 2, "data_parallel_size": 2, "world_size": 8,
+              "recompute_granularity": "full"}
+    [written] = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert {key: written[key] for key in layout} == layout
+    without_layout = {key: value for key, value in record.items() if key not in layout}
+    assert capsys.readouterr().out.strip() == format_line(without_layout).strip()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert "tokens_per_second" in events.Tags()["scalars"]
+    assert not set(layout) & set(events.Tags()["scalars"])
+
 @pytest.fixture(scope="module")
 def cpu_world():
     from megatron.core import parallel_state

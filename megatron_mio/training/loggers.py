@@ -39,8 +39,9 @@ class ConsoleSink(MetricsSink):
         print(f" validation loss at iteration {iteration} | lm loss: {_fmt(valid_loss, '.6E')} |", flush=True)
 
 
-# Record fields that are the step axis or constants, not curves.
-_NOT_SCALARS = ("iteration", "train_iters")
+# Record fields that are the step axis or constants (the run's layout), not curves.
+_NOT_SCALARS = ("iteration", "train_iters", "tensor_model_parallel_size", "pipeline_model_parallel_size",
+                "virtual_pipeline_model_parallel_size", "data_parallel_size", "world_size")
 
 
 def scalars(record: dict) -> dict[str, float]:

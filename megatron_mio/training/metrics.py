@@ -125,6 +125,20 @@ class MetricsLogger:
             "tokens_per_second": stats.tokens / elapsed if elapsed > 0 else 0.0,
             "tflops_per_gpu": tflops_per_gpu,
             "mfu": tflops_per_gpu / self.peak if self.peak else None,
+            **self.layout_fields(),
+        }
+
+    def layout_fields(self) -> dict:
+        """How the run is laid out, under Megatron-LM's argument names: a metrics file says what
+        it measured (the planner's ``--calibrate`` reads them)."""
+        layout = self.run.layout
+        return {
+            "tensor_model_parallel_size": layout.tensor_model_parallel_size,
+            "pipeline_model_parallel_size": layout.pipeline_model_parallel_size,
+            "virtual_pipeline_model_parallel_size": layout.virtual_pipeline_model_parallel_size,
+            "data_parallel_size": layout.data_parallel_size,
+            "world_size": self.world_size,
+            "recompute_granularity": self.run.recompute.granularity,
         }
 
     def emit(self, record: dict) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_mio.checkpoint.discovery import ResumePoint
-from megatron_mio.model.model_config import ParallelLayout, Precision
+from megatron_mio.model.model_config import ParallelLayout, Precision, Recompute
 from megatron_mio.model.presets import ModelPreset
 from megatron_mio.model.vocab_padding import padded_vocab_for_load
 from megatron_mio.training.arguments import ConfigError
@@ -26,6 +26,7 @@ class RunDescription:
     layout: ParallelLayout
     batch: BatchConfig
     precision: Precision
+    recompute: Recompute
 
 
 def check_vocabulary(resume: ResumePoint | None, vocab_size: int, data: DataConfig) -> None:
@@ -50,4 +51,5 @@ def describe_run(config: TrainingConfig, vocab_size: int, resume: ResumePoint | 
         layout=layout,
         batch=config.batch,
         precision=config.precision,
+        recompute=config.model.recompute,
     )
