@@ -345,11 +345,74 @@ def test_calibration_recovers_the_constants_a_run_was_made_of(tmp_path):
     assert fitted.after.total == pytest.approx(step.total, rel=1e-6)
 
 
+STAGE_I_RUN = mp.Layout(2, 2, 4, vpp=2, recompute="full")  # a 16-GPU short run before stage I
+RUN_FIELDS = {calibration.TP: 2, calibration.PP: 2, calibration.VPP: 2, calibration.DP: 4, calibration.WORLD: 16,
+              calibration.RECOMPUTE: "full"}
+
+
+def _run_records(layout: mp.Layout, fields: dict, count: int = 3) -> list[dict]:
+    """Records of a yi-6b run of ``layout`` as the model predicts it, carrying ``fields``."""
+    job = Job(YI, 76_292, 128, gpus=layout.gpus, gpus_per_node=8, gpu_memory_gib=80, overhead_gib=4,
+              seq_length=2800, micro_batch=1, global_batch=16 * layout.gpus, documents_per_pack=1.0,
+              precision=mp.BF16)
+    step = predict(job.workload(layout.tp), layout, ClusterConstants(achieved_tflops=300))
+    record = {"elapsed_ms_per_iteration": step.total * 1000, "global_batch_size": job.global_batch,
+              "tokens_per_second": step.tokens_per_step / step.total, "tflops_per_gpu": step.model_tflops_per_gpu(),
+              **fields}
+    return [{"iteration": i, **record} for i in range(1, count + 1)]
+
+
+def test_calibration_reads_the_layout_from_the_records(tmp_path, capsys):
+    """The records say how the run was laid out; a file written before they did gets it from
+    --calibrate-layout / --calibrate-gpus, to the same calibration."""
+    plan_flags = ("--gpus", 128, "--json", "--calibrate")
+    new = _write_records(tmp_path / "new.jsonl", _run_records(STAGE_I_RUN, RUN_FIELDS))
+    code, out, _ = _plan(capsys, *plan_flags, new)
+    from_records = json.loads(out)["calibration"]
+    assert code == 0 and from_records["run_layout"] == "TP2 PP2 DP4 VPP2 recompute=full"
+    assert from_records["run_layout_from"] == "records"
+    assert from_records["constants"]["achieved_tflops"] == pytest.approx(300, rel=1e-6)
+    old = _write_records(tmp_path / "old.jsonl", _run_records(STAGE_I_RUN, {}))
+    code, out, _ = _plan(capsys, *plan_flags, old, "--calibrate-layout", "TP2 PP2 VP2 full", "--calibrate-gpus", 16)
+    assert code == 0 and json.loads(out)["calibration"] == {**from_records, "run_layout_from": "flags"}
+    code, out, _ = _plan(capsys, "--gpus", 128, "--calibrate", old)  # neither: TP1 PP1 over the plan's GPUs, and says so
+    assert code == 0 and "TP1 PP1 DP128 run (layout assumed TP1 PP1 on --gpus" in out
+    # Flags that agree with the records are accepted.
+    code, out, _ = _plan(capsys, *plan_flags, new, "--calibrate-layout", "TP2 PP2 VP2 DP4 full", "--calibrate-gpus", 16)
+    assert code == 0 and json.loads(out)["calibration"] == from_records
+
+
+@pytest.mark.parametrize("flags,field,recorded,said", [
+    (("--calibrate-layout", "TP1 PP2 VP2 full"), "tensor_model_parallel_size", "2", "1"),
+    (("--calibrate-layout", "TP2 PP2 VP1 full"), "virtual_pipeline_model_parallel_size", "2", "none"),
+    (("--calibrate-layout", "TP2 PP2 VP2 selective"), "recompute_granularity", "full", "selective"),
+    (("--calibrate-gpus", 8), "world_size", "16", "8"),
+])
+def test_layout_flags_that_disagree_with_the_records_are_one_line(tmp_path, capsys, flags, field, recorded, said):
+    path = _write_records(tmp_path / "metrics.jsonl", _run_records(STAGE_I_RUN, RUN_FIELDS))
+    code, out, err = _plan(capsys, "--gpus", 128, "--calibrate", path, *flags)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert str(path) in err and f"{field} {recorded}, the flag says {said}" in err
+
+
+def test_records_of_two_layouts_are_one_line_naming_their_lines(tmp_path, capsys):
+    """A run resumed with another layout appends to the same metrics file."""
+    before = _run_records(STAGE_I_RUN, RUN_FIELDS, count=2)
+    after = _run_records(mp.Layout(1, 1, 16), {**RUN_FIELDS, calibration.TP: 1, calibration.PP: 1, calibration.VPP: None,
+                                               calibration.DP: 16, calibration.RECOMPUTE: None})
+    path = _write_records(tmp_path / "metrics.jsonl", [*before, {"iteration": 2, "valid_loss": 2.0}, *after])
+    code, out, err = _plan(capsys, "--gpus", 128, "--calibrate", path)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert (f"{path}: records of 2 layouts (lines 1-2: TP2 PP2 VP2 DP4, 16 GPUs, recompute full; "
+            "lines 4-6: TP1 PP1 DP16, 16 GPUs, recompute none)") in err
+
+
 @pytest.mark.multiprocess
 def test_calibrate_moves_the_prediction_to_a_real_runs_step_time(tmp_path, capsys):
     """A real 1-rank CPU trainer run: the defaults (an H100 cluster) predict a step thousands of
     times faster than the CPU; calibrated on the run's metrics file, the prediction for the same
-    layout lands on the measured step time, and the plan for it changes accordingly."""
+    layout lands on the measured step time, and the plan for it changes accordingly.  The layout
+    comes from the records, whatever the plan's --gpus."""
     flags = ["--use-cpu", "--mock-data", "--model-preset", "small", "--vocab-size", "300", "--seq-length", "128",
              "--micro-batch-size", "1", "--global-batch-size", "4", "--train-iters", "6", "--log-interval", "1",
              "--lr", "1e-4", "--no-bias-swiglu-fusion", "--no-bias-dropout-fusion"]
@@ -369,3 +432,11 @@ def test_calibrate_moves_the_prediction_to_a_real_runs_step_time(tmp_path, capsy
     assert cal["documents_per_pack"] > 1  # mock packs hold several documents
     assert plan["recommended"]["step_seconds"] == pytest.approx(measured / 1000, rel=0.01)
     assert plain["evaluated"]["step_seconds"] < plan["recommended"]["step_seconds"] / 100
+    records = [r for r in trainer_runs.metrics(metrics) if "loss" in r]
+    assert all({key: r[key] for key in calibration.LAYOUT_FIELDS} == {
+        calibration.TP: 1, calibration.PP: 1, calibration.VPP: None, calibration.DP: 1, calibration.WORLD: 1,
+        calibration.RECOMPUTE: None} for r in records)
+    wider = json.loads(_plan(capsys, *shape[:-1], "--gpus", 2, "--json", "--calibrate", metrics)[1])
+    assert wider["calibration"]["run_layout"] == "TP1 PP1 DP1"  # not DP2 from --gpus
+    code, out, err = _plan(capsys, *shape, "--calibrate", metrics, "--calibrate-layout", "TP2")
+    assert code == 2 and f"{metrics}: its records have tensor_model_parallel_size 1, the flag says 2" in err

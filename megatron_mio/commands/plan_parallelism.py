@@ -85,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("calibration")
     g.add_argument("--calibrate", metavar="METRICS.jsonl", default=None,
                    help="fit the step-time constants to a short run's --metrics-file first")
-    g.add_argument("--calibrate-layout", default="TP1 PP1", metavar='"TP2 PP2 VP2 full"',
-                   help="the layout that run used (default: %(default)s)")
-    g.add_argument("--calibrate-gpus", type=int, default=None, help="GPUs of that run (default: --gpus)")
+    g.add_argument("--calibrate-layout", default=None, metavar='"TP2 PP2 VP2 full"',
+                   help="the layout that run used, for a metrics file older than the layout fields "
+                        "(default: the records' layout, else TP1 PP1); an error where the records disagree")
+    g.add_argument("--calibrate-gpus", type=int, default=None, metavar="N",
+                   help="GPUs of that run, likewise (default: the records' world_size, else --gpus)")
 
     g = parser.add_argument_group("output")
     g.add_argument("--top", type=int, default=8, help="fitting layouts listed (default %(default)s)")
@@ -133,17 +135,17 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def parse_layout_words(text: str, flag: str) -> dict:
-    """``"TP2 PP2 VP2 full"`` (any order, commas allowed) -> Layout keyword arguments."""
-    found = {"tp": 1, "pp": 1, "vpp": None, "recompute": None}
+    """``"TP2 PP2 VP2 full"`` (any order, commas allowed) -> the Layout keyword arguments it says
+    (``tp``, ``pp``, ``vpp``, ``dp``, ``recompute``); ``VP1`` and ``none`` say "not used": None."""
+    found = {}
     for word in re.split(r"[\s,]+", text.strip()):
         match = re.fullmatch(r"(tp|pp|vpp|vp|dp)(\d+)", word, re.IGNORECASE)
         if match and int(match[2]) > 0:
-            key = {"vp": "vpp", "dp": None}.get(match[1].lower(), match[1].lower())
-            if key:
-                found[key] = int(match[2])
-        elif word.lower() in ("full", "selective"):
-            found["recompute"] = word.lower()
-        elif word and word.lower() not in ("none", "recompute"):
+            key = {"vp": "vpp"}.get(match[1].lower(), match[1].lower())
+            found[key] = None if key == "vpp" and int(match[2]) == 1 else int(match[2])
+        elif word.lower() in ("full", "selective", "none"):
+            found["recompute"] = None if word.lower() == "none" else word.lower()
+        elif word and word.lower() != "recompute":
             raise UsageError(f'{flag} {text!r}: cannot read {word!r}; write it like "TP2 PP2 VP2 full"')
     return found
 
@@ -200,22 +202,71 @@ def given_layout(args: argparse.Namespace, job):
 
 
 def run_calibration(args: argparse.Namespace, job, constants):
+    """The calibration, and where its run's layout came from (for the output)."""
     from megatron_mio.planner import calibration
-    from megatron_mio.planner.memory import Layout
 
-    words = parse_layout_words(args.calibrate_layout, "--calibrate-layout")
-    gpus = args.calibrate_gpus or args.gpus
-    if gpus % (words["tp"] * words["pp"]):
-        raise UsageError(f"--calibrate-layout {args.calibrate_layout!r} does not divide {gpus} GPUs "
-                         "(set --calibrate-gpus to the run's GPU count)")
-    layout = Layout(words["tp"], words["pp"], gpus // (words["tp"] * words["pp"]), vpp=words["vpp"],
-                    sequence_parallel=job.sequence_parallel and words["tp"] > 1,
-                    distributed_optimizer=job.distributed_optimizer, recompute=words["recompute"])
+    said = layout_flags(args)  # a mistake in the flags is named before the file is read
     try:
-        run_ = calibration.measured_run(calibration.read_records(args.calibrate), layout)
-        return calibration.calibrate(job, run_, constants)
+        metrics = calibration.read_metrics(args.calibrate)
+        recorded = calibration.recorded_layout(metrics)
+        layout = calibration_layout(said, args, job, metrics, recorded)
+        run_ = calibration.measured_run(metrics.records, layout)
+        return calibration.calibrate(job, run_, constants), layout_source(said, recorded)
     except calibration.MetricsFileError as error:
         raise UsageError(str(error)) from None
+
+
+def layout_flags(args: argparse.Namespace) -> dict:
+    """What --calibrate-layout / --calibrate-gpus say, as record field -> (the flag, its value)."""
+    from megatron_mio.planner import calibration as c
+
+    said = {}
+    if args.calibrate_layout is not None:
+        fields = {"tp": c.TP, "pp": c.PP, "vpp": c.VPP, "dp": c.DP, "recompute": c.RECOMPUTE}
+        for key, value in parse_layout_words(args.calibrate_layout, "--calibrate-layout").items():
+            said[fields[key]] = (f"--calibrate-layout {args.calibrate_layout!r}", value)
+    if args.calibrate_gpus is not None:
+        said[c.WORLD] = (f"--calibrate-gpus {args.calibrate_gpus}", args.calibrate_gpus)
+    return said
+
+
+def calibration_layout(said: dict, args: argparse.Namespace, job, metrics, recorded: dict):
+    """The calibration run's layout: the records' fields, completed (for a file older than them)
+    by the flags (``said``, :func:`layout_flags`), which must agree with the records where both say."""
+    from megatron_mio.planner import calibration as c
+    from megatron_mio.planner.memory import Layout
+
+    for field, (flag, value) in said.items():
+        if field in recorded and recorded[field] != value:
+            raise UsageError(f"{flag} disagrees with {metrics.path}: its records have {field} "
+                             f"{shown(recorded[field])}, the flag says {shown(value)}; drop the flag "
+                             "(the records carry the run's layout) or give the metrics file of that run")
+    fields = {**{field: value for field, (_, value) in said.items()}, **recorded}
+    tp, pp, dp = fields.get(c.TP, 1), fields.get(c.PP, 1), fields.get(c.DP)
+    gpus = fields.get(c.WORLD) or (tp * pp * dp if dp else args.gpus)
+    if dp is None and gpus % (tp * pp):
+        raise UsageError(f"the calibration run's TP{tp} x PP{pp} does not divide its {gpus} GPUs "
+                         "(set --calibrate-gpus to the run's GPU count)")
+    if dp is not None and tp * pp * dp != gpus:
+        raise UsageError(f"the calibration run's TP{tp} x PP{pp} x DP{dp} is not its {gpus} GPUs "
+                         "(check --calibrate-layout and --calibrate-gpus)")
+    return Layout(tp, pp, dp or gpus // (tp * pp), vpp=fields.get(c.VPP),
+                  sequence_parallel=job.sequence_parallel and tp > 1,
+                  distributed_optimizer=job.distributed_optimizer, recompute=fields.get(c.RECOMPUTE))
+
+
+# Where the calibration run's layout came from (--json's run_layout_from) and how the line says it.
+LAYOUT_SOURCES = {"records": "layout from its records",
+                  "flags": "layout from --calibrate-layout/--calibrate-gpus: the records carry none",
+                  "default": "layout assumed TP1 PP1 on --gpus: the records carry none, give --calibrate-layout"}
+
+
+def layout_source(said: dict, recorded: dict) -> str:
+    return "records" if recorded else "flags" if said else "default"
+
+
+def shown(value) -> str:
+    return "none" if value is None else str(value)
 
 
 # ------------------------------------------------------------------------------------ output
@@ -245,8 +296,8 @@ def evaluation_dict(e) -> dict:
     return out
 
 
-def calibration_dict(cal) -> dict:
-    return {"run_layout": name_of(cal.run.layout), "records": cal.run.records,
+def calibration_dict(cal, source: str) -> dict:
+    return {"run_layout": name_of(cal.run.layout), "run_layout_from": source, "records": cal.run.records,
             "measured_step_ms": cal.run.step_ms, "time_split_ms": cal.run.split_ms,
             "documents_per_pack": cal.documents_per_pack,
             "predicted_step_ms_before": cal.before.total * 1000, "predicted_step_ms_after": cal.after.total * 1000,
@@ -291,9 +342,10 @@ def header(args, job, constants) -> list[str]:
     return [shape, model]
 
 
-def calibration_lines(cal) -> list[str]:
+def calibration_lines(cal, source: str) -> list[str]:
     split = ", ".join(f"{k} {v:.1f} ms" for k, v in cal.run.split_ms.items()) or "no time split in the records"
-    line = (f"calibrated on {cal.run.records} records of a {name_of(cal.run.layout)} run ({split}): "
+    line = (f"calibrated on {cal.run.records} records of a {name_of(cal.run.layout)} run ({LAYOUT_SOURCES[source]}; "
+            f"{split}): "
             f"measured {cal.run.step_ms:.1f} ms per step, predicted {cal.before.total * 1000:.1f} ms "
             f"before and {cal.after.total * 1000:.1f} ms after; the data makes "
             f"{cal.documents_per_pack:.2f} documents per pack")
@@ -382,12 +434,12 @@ def plan(args: argparse.Namespace) -> int:
     constants = constants_from(args)
     calibration_info = None
     if args.calibrate:
-        cal = run_calibration(args, job, constants)
+        cal, source = run_calibration(args, job, constants)
         constants = cal.constants
         job = replace(job, documents_per_pack=cal.documents_per_pack)
-        calibration_info = calibration_dict(cal)
+        calibration_info = calibration_dict(cal, source)
         if not args.json:
-            print("\n".join(calibration_lines(cal)))
+            print("\n".join(calibration_lines(cal, source)))
     layout = given_layout(args, job)
     if layout is not None:
         from megatron_mio.planner.recommend import layout_problem

@@ -1,7 +1,8 @@
 """Fit the step-time model's constants to a short run's ``--metrics-file`` (``--calibrate``).
 
 From the trainer's records (one JSON line per logged iteration; the first is dropped as warm-up
-when there are more, the rest reduced by their median):
+when there are more, the rest reduced by their median), which also say how the run was laid out
+(``LAYOUT_FIELDS``; files written before they did need the layout from the command line):
 
 * **documents per pack**: the trainer logs ``tflops_per_gpu`` from its document-causal FLOP count
   and ``tokens_per_second``; their ratio is the model FLOPs per token the data really costs, and
@@ -47,6 +48,14 @@ TIME_SPLIT_FIELDS = {
     "optimizer": "time_optimizer_ms",
 }
 REQUIRED_FIELDS = ("elapsed_ms_per_iteration", "tokens_per_second", "tflops_per_gpu", "global_batch_size")
+# The run's layout in each record, under Megatron-LM's argument names (the trainer's
+# MetricsLogger.layout_fields, megatron_mio/training/metrics.py; the planner does not import the
+# trainer).  The sizes are positive integers; the virtual pipeline size and the recompute
+# granularity are null when the run did not interleave or recompute.
+TP, PP, VPP, DP, WORLD, RECOMPUTE = LAYOUT_FIELDS = (
+    "tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
+    "data_parallel_size", "world_size", "recompute_granularity")
+RECOMPUTE_GRANULARITIES = (None, "selective", "full")
 
 
 class MetricsFileError(ValueError):
@@ -75,12 +84,25 @@ class Calibration:
     after: StepTime  # ... and with the fitted ones
 
 
+@dataclass(frozen=True)
+class MetricsFile:
+    """The iteration records of a ``--metrics-file`` and the line each came from."""
+
+    path: Path
+    records: list[dict]
+    line_numbers: list[int]
+
+
 def read_records(path: str | Path) -> list[dict]:
     """The iteration records of a ``--metrics-file`` (validation lines skipped)."""
+    return read_metrics(path).records
+
+
+def read_metrics(path: str | Path) -> MetricsFile:
     path = Path(path)
     if not path.is_file():
         raise MetricsFileError(f"--calibrate {path}: no such file (the trainer's --metrics-file)")
-    records = []
+    records, line_numbers = [], []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -93,10 +115,61 @@ def read_records(path: str | Path) -> list[dict]:
             if missing:
                 raise MetricsFileError(f"{path}:{number}: iteration record without {', '.join(missing)}")
             records.append(record)
+            line_numbers.append(number)
     if not records:
         raise MetricsFileError(f"{path}: no iteration records (run the trainer with --metrics-file "
                                "and --log-interval smaller than --train-iters)")
-    return records
+    return MetricsFile(path, records, line_numbers)
+
+
+def recorded_layout(metrics: MetricsFile) -> dict:
+    """The layout fields (``LAYOUT_FIELDS``) the records carry: ``{}`` for a file written before
+    they did.  A file whose records ran different layouts (a run resumed with another one appends
+    to the same file) cannot calibrate: the error names the lines of each."""
+    lines_of: dict[tuple, list[int]] = {}
+    for number, record in zip(metrics.line_numbers, metrics.records):
+        fields = tuple((key, record[key]) for key in LAYOUT_FIELDS if key in record)
+        lines_of.setdefault(fields, []).append(number)
+    if len(lines_of) > 1:
+        parts = "; ".join(f"lines {line_ranges(lines)}: {describe_fields(dict(fields))}"
+                          for fields, lines in lines_of.items())
+        raise MetricsFileError(f"{metrics.path}: records of {len(lines_of)} layouts ({parts}); calibrate on one "
+                               "run's records (copy its lines to a file of their own)")
+    fields = dict(next(iter(lines_of)))
+    for key, value in fields.items():
+        if key == RECOMPUTE:
+            valid = value in RECOMPUTE_GRANULARITIES
+        else:
+            valid = (isinstance(value, int) and not isinstance(value, bool) and value > 0) or (key == VPP and value is None)
+        if not valid:
+            raise MetricsFileError(f"{metrics.path}:{metrics.line_numbers[0]}: {key} {value!r} is not a "
+                                   f"{'recompute granularity' if key == RECOMPUTE else 'positive integer'}")
+    return fields
+
+
+def describe_fields(fields: dict) -> str:
+    """``TP2 PP2 VP2 DP2, 8 GPUs, recompute full`` for the layout fields present."""
+    if not fields:
+        return "no layout recorded"
+    sizes = " ".join(f"{name}{fields[key]}" for name, key in (("TP", TP), ("PP", PP), ("VP", VPP), ("DP", DP))
+                     if fields.get(key) is not None)
+    parts = [sizes] if sizes else []
+    if WORLD in fields:
+        parts.append(f"{fields[WORLD]} GPUs")
+    if RECOMPUTE in fields:
+        parts.append(f"recompute {fields[RECOMPUTE] or 'none'}")
+    return ", ".join(parts)
+
+
+def line_ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``1-3, 7``."""
+    spans: list[list[int]] = []
+    for number in numbers:
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def measured_run(records: list[dict], layout: Layout) -> MeasuredRun:
@@ -164,7 +237,7 @@ def calibrate(job: Job, run: MeasuredRun, constants: ClusterConstants) -> Calibr
     work = run_job.workload(run.layout.tp)
     if predict(work, run.layout, constants) is None:
         raise MetricsFileError(f"the run's global batch {run.global_batch} does not split over "
-                               f"{run.layout.describe()} (check --calibrate-layout)")
+                               f"{run.layout.describe()}: is that the layout of the run the records come from?")
     before = predict(replace(work, documents_per_pack=job.documents_per_pack), run.layout, constants)
     split = run.split_ms
     if "data_wait" in split or "optimizer" in split:
