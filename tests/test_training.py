@@ -24,6 +24,17 @@ from tests.trainer_runs import (
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 PARITY_RTOL = 2e-5
+# What each layout's records say about it (tensor, pipeline, virtual pipeline, data parallel),
+# under Megatron-LM's argument names: the planner's --calibrate reads them.
+RECORDED_LAYOUTS = {"tp2": (2, 1, None, 1), "pp2": (1, 2, None, 1), "vpp2": (1, 2, 2, 1), "dp2": (1, 1, None, 2)}
+LAYOUT_FIELDS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
+                 "data_parallel_size")
+
+
+def assert_recorded_layout(run, name):
+    for record in run["records"]:
+        assert tuple(record[field] for field in LAYOUT_FIELDS) == RECORDED_LAYOUTS[name], record
+        assert record["world_size"] == 2 and record["recompute_granularity"] is None
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +54,7 @@ def test_model_parallel_layouts_match_tp1(runs_root, name):
     run = layout_run(runs_root, name)
     assert sorted(run["losses"]) == [1, 2, 3, 4]
     assert_same_losses(run, ref, [1, 2, 3, 4])
+    assert_recorded_layout(run, name)
     # The losses move, so agreeing on them is not agreeing on a constant.
     assert ref["losses"][4] < ref["losses"][1]
 
@@ -51,6 +63,7 @@ def test_data_parallel_with_distributed_optimizer_matches_tp1(runs_root):
     ref = reference(runs_root)
     run = straight_dp2(runs_root)
     assert_same_losses(run, ref, [1, 2, 3, 4])
+    assert_recorded_layout(run, "dp2")
     # Both ranks' halves of the global batch count: consumed samples advance by the global batch.
     assert [r["consumed_samples"] for r in run["records"]][:2] == [4, 8]
 
