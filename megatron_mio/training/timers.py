@@ -92,11 +92,11 @@ class IntervalTimers:
         if "stage_compute" not in self.regions:
             yield
             return
-        config.timers = MegatronCoreTimers(self)
+        previous, config.timers = config.timers, MegatronCoreTimers(self)
         try:
             yield
         finally:
-            config.timers = None
+            config.timers = previous
 
     def add(self, name: str, seconds: float) -> None:
         """Host time measured elsewhere (the data iterator's waits)."""
