@@ -143,12 +143,15 @@ def quiet_libraries(verbose: bool = False) -> None:
 
 
 def check_writable(path: str | os.PathLike, flag: str, *, directory: bool = False,
-                   replaced: bool = False) -> Path:
+                   replaced: bool = False, force: bool | None = None) -> Path:
     """``path`` (a file, or with ``directory`` a directory) can be written: its nearest existing
     ancestor is a writable directory; an existing directory must be writable itself, or with
-    ``replaced`` (a new one renamed over it) its parent.  Raises ``UsageError`` naming ``flag``
-    otherwise.  Called before any heavy work, so a bad output costs nothing."""
+    ``replaced`` (a new one renamed over it) its parent.  With ``force`` given (the tool's
+    ``--force``), an existing ``path`` is refused unless it is true.  Raises ``UsageError`` naming
+    ``flag`` otherwise.  Called before any heavy work, so a bad output costs nothing."""
     path = Path(path)
+    if force is False and path.exists():
+        raise UsageError(f"{flag} {path}: already exists; pass --force to replace it")
     if path.exists():
         if directory and not path.is_dir():
             raise UsageError(f"{flag} {path}: is a file, not a directory")

@@ -407,6 +407,35 @@ def test_records_of_two_layouts_are_one_line_naming_their_lines(tmp_path, capsys
             "lines 4-6: TP1 PP1 DP16, 16 GPUs, recompute none)") in err
 
 
+def test_calibration_takes_the_flop_rate_from_the_stage_compute_not_the_bubble(tmp_path):
+    """A PP=4 run whose pipeline waited longer than the model's bubble (transfers, stragglers): with
+    the stage's own compute in the records (``--timing-log-level 2``) the fit finds the true
+    FLOP rate; from forward-backward alone (level 1) the waits are folded into a lower one."""
+    truth = ClusterConstants(achieved_tflops=250)
+    job = Job(YI, 76_292, 128, gpus=4, gpus_per_node=8, gpu_memory_gib=80, overhead_gib=4, seq_length=2800,
+              micro_batch=1, global_batch=16, documents_per_pack=1.0, precision=mp.BF16)
+    layout = mp.Layout(1, 4, 1)
+    step = predict(job.workload(1), layout, truth)
+    waited = 1.3 * step.bubble  # the pipeline idled 30% longer than the model's fill and drain
+    forward_backward = step.compute + step.tp_comm + waited
+    record = {"iteration": 1, "elapsed_ms_per_iteration": (forward_backward + 0.05) * 1000, "global_batch_size": 16,
+              "tokens_per_second": step.tokens_per_step / (forward_backward + 0.05),
+              "tflops_per_gpu": step.model_flops_per_step / (forward_backward + 0.05) / 4 / 1e12,
+              calibration.TIME_SPLIT_FIELDS["data_wait"]: 20.0, calibration.TIME_SPLIT_FIELDS["optimizer"]: 30.0,
+              calibration.TIME_SPLIT_FIELDS["forward_backward"]: forward_backward * 1000,
+              calibration.TIME_SPLIT_FIELDS["grad_reduce"]: 0.0,
+              # megatron-core's forward timer holds the micro-batch fetch (data_wait)
+              calibration.TIME_SPLIT_FIELDS["stage_compute"]: (step.compute + step.tp_comm) * 1000 + 20.0}
+    level_1 = {k: v for k, v in record.items() if k != calibration.TIME_SPLIT_FIELDS["stage_compute"]}
+    fits = {}
+    for name, r in (("level 2", record), ("level 1", level_1)):
+        path = _write_records(tmp_path / f"{name}.jsonl", [r])
+        run = calibration.measured_run(calibration.read_records(path), layout)
+        fits[name] = calibration.calibrate(job, run, ClusterConstants()).constants.achieved_tflops
+    assert fits["level 2"] == pytest.approx(250, rel=1e-6)
+    assert fits["level 1"] < 0.97 * 250
+
+
 @pytest.mark.multiprocess
 def test_calibrate_moves_the_prediction_to_a_real_runs_step_time(tmp_path, capsys):
     """A real 1-rank CPU trainer run: the defaults (an H100 cluster) predict a step thousands of

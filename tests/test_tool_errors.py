@@ -182,6 +182,16 @@ def test_convert_read_only_output(hf_model, megatron_checkpoint, tmp_path):
     assert list(locked.iterdir()) == []
 
 
+def test_converters_refuse_an_existing_output_without_force(megatron_checkpoint, hf_model, tmp_path):
+    taken = tmp_path / "taken"
+    (taken / "keep").mkdir(parents=True)
+    for main, prog, source in ((convert_to_hf.main, "convert_to_hf", ("--load", megatron_checkpoint)),
+                               (convert_from_hf.main, "convert_from_hf", ("--hf-dir", hf_model))):
+        one_error_line(call(main, *source, "--output", taken), prog,
+                       f"--output {taken}: already exists; pass --force to replace it")
+    assert [p.name for p in taken.iterdir()] == ["keep"]
+
+
 def test_convert_to_hf_truncated_distcp_is_named(megatron_checkpoint, tmp_path):
     damaged = tmp_path / "ckpt"
     shutil.copytree(megatron_checkpoint, damaged)

@@ -44,9 +44,7 @@ def check_inputs(args) -> None:
     if not (Path(args.hf_dir) / "config.json").is_file():
         what = "no such directory" if not Path(args.hf_dir).is_dir() else "no config.json in it"
         raise cli.UsageError(f"--hf-dir {args.hf_dir}: {what} (give a Hugging Face model directory)")
-    if Path(args.output).exists() and not args.force:
-        raise cli.UsageError(f"--output {args.output}: already exists; pass --force to replace it")
-    cli.check_writable(args.output, "--output", directory=True, replaced=True)
+    cli.check_writable(args.output, "--output", directory=True, replaced=True, force=args.force)
 
 
 def convert(args) -> int:

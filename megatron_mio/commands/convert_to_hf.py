@@ -42,9 +42,7 @@ def check_inputs(args) -> None:
         raise cli.UsageError(f"--load {args.load}: no such directory")
     if args.tokenizer is not None and not Path(args.tokenizer).is_dir():
         raise cli.UsageError(f"--tokenizer {args.tokenizer}: no such directory")
-    if Path(args.output).exists() and not args.force:
-        raise cli.UsageError(f"--output {args.output}: already exists; pass --force to replace it")
-    cli.check_writable(args.output, "--output", directory=True, replaced=True)
+    cli.check_writable(args.output, "--output", directory=True, replaced=True, force=args.force)
 
 
 def convert(args) -> int:

@@ -8,8 +8,10 @@ when there are more, the rest reduced by their median), which also say how the r
   and ``tokens_per_second``; their ratio is the model FLOPs per token the data really costs, and
   the attention part of it the query-key pairs per pack, i.e. the equal-length documents per pack
   that make as many pairs.
-* **achieved TFLOP/s**: the value at which the model reproduces the run's forward-backward time
-  (from the time split when the records carry it) or else its whole step time.
+* **achieved TFLOP/s**: the value at which the model reproduces the busiest pipeline stage's own
+  forward and backward time (``--timing-log-level 2``: no bubble, no waits on neighbours, so a
+  PP > 1 run's bubble is predicted, not folded into the FLOP rate), else the forward-backward
+  time (level 1), else the whole step time.
 * **data-parallel bandwidth** (inter- or intra-node, wherever the run's DP group lay): from the
   exposed gradient-reduction time, when the records carry it and the run had DP > 1.
 * **step overhead**: data wait + optimizer step, when the records carry them.
@@ -46,6 +48,7 @@ TIME_SPLIT_FIELDS = {
     "forward_backward": "time_forward_backward_ms",
     "grad_reduce": "time_grad_reduce_exposed_ms",
     "optimizer": "time_optimizer_ms",
+    "stage_compute": "time_stage_compute_ms",  # --timing-log-level 2
 }
 REQUIRED_FIELDS = ("elapsed_ms_per_iteration", "tokens_per_second", "tflops_per_gpu", "global_batch_size")
 # The run's layout in each record, under Megatron-LM's argument names (the trainer's
@@ -182,6 +185,8 @@ def measured_run(records: list[dict], layout: Layout) -> MeasuredRun:
              if all(isinstance(r.get(key), (int, float)) for r in timed)}
     if "forward_backward" in split and "grad_reduce" in split:
         split["forward_backward"] -= split["grad_reduce"]
+    if "stage_compute" in split and "data_wait" in split:
+        split["stage_compute"] -= split["data_wait"]  # megatron-core's forward timer holds the fetch
     return MeasuredRun(layout, median("elapsed_ms_per_iteration"), median("tokens_per_second"),
                        median("tflops_per_gpu"), int(timed[-1]["global_batch_size"]), split, len(timed))
 
@@ -245,11 +250,13 @@ def calibrate(job: Job, run: MeasuredRun, constants: ClusterConstants) -> Calibr
 
     def predicted_seconds(tflops: float) -> float:
         step = predict(work, run.layout, replace(constants, achieved_tflops=tflops))
+        if "stage_compute" in split:  # TP collectives run inside the layers' passes
+            return step.compute + step.recompute + step.tp_comm
         if "forward_backward" in split:
             return step.compute + step.recompute + step.tp_comm + step.bubble
         return step.total
 
-    target = split.get("forward_backward", run.step_ms) / 1000.0
+    target = split.get("stage_compute", split.get("forward_backward", run.step_ms)) / 1000.0
     constants = replace(constants, achieved_tflops=solve_increasing(target, predicted_seconds))
     if "grad_reduce" in split:
         step = predict(work, run.layout, constants)

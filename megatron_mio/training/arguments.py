@@ -189,10 +189,12 @@ def _logging_flags(g) -> None:
     g.add_argument("--log-interval", type=int, default=1)
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--metrics-file", default=None, help="append one JSON line per logged iteration")
-    g.add_argument("--timing-log-level", type=int, default=1, choices=[0, 1],
+    g.add_argument("--timing-log-level", type=int, default=1, choices=[0, 1, 2],
                    help="1: where the time goes in every logged line (data wait, forward-backward, exposed gradient "
                         "reduction, optimizer, checkpoint; peak memory; slowest/fastest rank), read with one device "
-                        "synchronisation per logged line; 0: off")
+                        "synchronisation per logged line; 2: also the busiest pipeline stage's own forward and "
+                        "backward compute (megatron-core's per-micro-batch timers), the rest of forward-backward "
+                        "being pipeline bubble and transfers; 0: off")
     g.add_argument("--wandb-project", default=None, help="log to Weights & Biases under this project (needs wandb)")
     g.add_argument("--wandb-exp-name", default=None, help="the W&B run name")
     g.add_argument("--wandb-save-dir", default=None, help="where W&B writes its run directory (default: ./wandb)")
@@ -397,7 +399,8 @@ def _checkpoint_config(args: argparse.Namespace) -> CheckpointConfig:
 def _logging_config(args: argparse.Namespace) -> LoggingConfig:
     if (args.wandb_exp_name or args.wandb_save_dir) and not args.wandb_project:
         raise ConfigError("--wandb-exp-name / --wandb-save-dir need --wandb-project (the W&B project to log to)")
-    return LoggingConfig(args.log_interval, args.tensorboard_dir, args.metrics_file, timers=args.timing_log_level > 0,
+    return LoggingConfig(args.log_interval, args.tensorboard_dir, args.metrics_file,
+                         timing_log_level=args.timing_log_level,
                          wandb_project=args.wandb_project, wandb_exp_name=args.wandb_exp_name,
                          wandb_save_dir=args.wandb_save_dir)
 

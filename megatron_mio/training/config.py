@@ -106,7 +106,7 @@ class LoggingConfig:
     log_interval: int
     tensorboard_dir: str | None
     metrics_file: str | None
-    timers: bool = True  # --timing-log-level 1
+    timing_log_level: int = 1  # 0 off, 1 the time split, 2 also each stage's compute
     wandb_project: str | None = None
     wandb_exp_name: str | None = None
     wandb_save_dir: str | None = None

@@ -158,9 +158,11 @@ def format_line(r: dict) -> str:
 
 
 def _timer_fields(r: dict) -> str:
-    """The timers' part of the line (``--timing-log-level 1``): per iteration, max over ranks."""
+    """The timers' part of the line (``--timing-log-level`` 1 or 2): per iteration, max over ranks."""
     regions = " / ".join(f"{r[f'time_{name}_ms']:.1f}" for name in TIMED_REGIONS)
+    compute = r.get("time_stage_compute_ms")  # --timing-log-level 2
     return (f" time per iteration (ms) data/fwd-bwd/grad-reduce/optimizer/checkpoint: {regions} |"
-            f" peak memory (MB): {r['peak_memory_mb']:.0f} |"
+            + ("" if compute is None else f" stage compute (ms): {compute:.1f} |")
+            + f" peak memory (MB): {r['peak_memory_mb']:.0f} |"
             f" iteration (ms) slowest/fastest rank: {r['iteration_ms_slowest_rank']:.1f} / "
             f"{r['iteration_ms_fastest_rank']:.1f} |")

@@ -163,7 +163,7 @@ class Trainer:
         self.stats = IntervalStats()
         self.logger: MetricsLogger | None = None  # from fit(): a failed resume writes no logs
         self.counter: CountingIterator | None = None
-        self.timers = IntervalTimers(plat.device, enabled=config.logging.timers)
+        self.timers = IntervalTimers(plat.device, config.logging.timing_log_level)
         self.model[0].config.finalize_model_grads_func = timed(
             self.model[0].config.finalize_model_grads_func, self.timers, "grad_reduce_exposed")
         self.valid_batches = mio_data.ValidationBatches(parts.valid_data, len(parts.model)) if parts.valid_data else None
@@ -200,7 +200,7 @@ class Trainer:
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        with self.timers.region("forward_backward"):
+        with self.timers.region("forward_backward"), self.timers.stage_compute(self.model[0].config):
             loss = self._run_schedule(data_iterator, forward_only=False)
         learning_rate = self.optimizer.param_groups[0]["lr"]  # before the scheduler moves it
         with self.timers.region("optimizer"):
