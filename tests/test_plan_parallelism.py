@@ -330,8 +330,9 @@ def test_calibration_recovers_the_constants_a_run_was_made_of(tmp_path):
     record = {"iteration": 0, "elapsed_ms_per_iteration": step.total * 1000, "global_batch_size": 256,
               "tokens_per_second": tokens_per_second, "tflops_per_gpu": step.model_tflops_per_gpu(),
               calibration.TIME_SPLIT_FIELDS["data_wait"]: 30.0, calibration.TIME_SPLIT_FIELDS["optimizer"]: 50.0,
-              # the trainer's forward-backward includes the exposed gradient reduction
-              calibration.TIME_SPLIT_FIELDS["forward_backward"]: (step.compute + step.tp_comm + step.dp_exposed) * 1000,
+              # the trainer's forward-backward includes the exposed gradient reduction and the fetches
+              calibration.TIME_SPLIT_FIELDS["forward_backward"]:
+                  (step.compute + step.tp_comm + step.dp_exposed) * 1000 + 30.0,
               calibration.TIME_SPLIT_FIELDS["grad_reduce"]: step.dp_exposed * 1000}
     warmup = {**record, "elapsed_ms_per_iteration": 99_999.0}
     path = _write_records(tmp_path / "metrics.jsonl", [warmup, record, {"iteration": 1, "valid_loss": 2.0}, record])
@@ -417,7 +418,7 @@ def test_calibration_takes_the_flop_rate_from_the_stage_compute_not_the_bubble(t
     layout = mp.Layout(1, 4, 1)
     step = predict(job.workload(1), layout, truth)
     waited = 1.3 * step.bubble  # the pipeline idled 30% longer than the model's fill and drain
-    forward_backward = step.compute + step.tp_comm + waited
+    forward_backward = step.compute + step.tp_comm + waited + 0.02  # with 20 ms of fetches
     record = {"iteration": 1, "elapsed_ms_per_iteration": (forward_backward + 0.05) * 1000, "global_batch_size": 16,
               "tokens_per_second": step.tokens_per_step / (forward_backward + 0.05),
               "tflops_per_gpu": step.model_flops_per_step / (forward_backward + 0.05) / 4 / 1e12,

@@ -1,7 +1,7 @@
 """Fit the step-time model's constants to a short run's ``--metrics-file`` (``--calibrate``).
 
 From the trainer's records (one JSON line per logged iteration; the first is dropped as warm-up
-when there are more, the rest reduced by their median), which also say how the run was laid out
+when there are more, and of the rest the median iteration taken), which also say how the run was laid out
 (``LAYOUT_FIELDS``; files written before they did need the layout from the command line):
 
 * **documents per pack**: the trainer logs ``tflops_per_gpu`` from its document-causal FLOP count
@@ -14,7 +14,9 @@ when there are more, the rest reduced by their median), which also say how the r
   time (level 1), else the whole step time.
 * **data-parallel bandwidth** (inter- or intra-node, wherever the run's DP group lay): from the
   exposed gradient-reduction time, when the records carry it and the run had DP > 1.
-* **step overhead**: data wait + optimizer step, when the records carry them.
+* **step overhead**: the step outside the schedule's modelled work (optimizer, logging, the
+  micro-batch fetches), record by record, so that the fitted terms add up to the measured step;
+  with no time split, nothing.
 
 The tensor-parallel bandwidth is not separable from compute in one run and keeps its flag value.
 """
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -176,19 +177,36 @@ def line_ranges(numbers: list[int]) -> str:
 
 
 def measured_run(records: list[dict], layout: Layout) -> MeasuredRun:
+    """The run's median iteration (by step time; the lower of two middles): every figure from that
+    one record, so its time split adds up to its step, as medians of the parts would not."""
     timed = records[1:] if len(records) > 1 else records  # the first interval holds warm-up
+    by_step = sorted(timed, key=lambda r: float(r["elapsed_ms_per_iteration"]))
+    record = by_step[(len(by_step) - 1) // 2]
+    present = [name for name, key in TIME_SPLIT_FIELDS.items() if isinstance(record.get(key), (int, float))]
+    step_ms = float(record["elapsed_ms_per_iteration"])
+    split = modelled_split({name: float(record[TIME_SPLIT_FIELDS[name]]) for name in present}, step_ms, layout.dp)
+    return MeasuredRun(layout, step_ms, float(record["tokens_per_second"]), float(record["tflops_per_gpu"]),
+                       int(record["global_batch_size"]), split, len(timed))
 
-    def median(key: str) -> float:
-        return statistics.median(float(r[key]) for r in timed)
 
-    split = {name: median(key) for name, key in TIME_SPLIT_FIELDS.items()
-             if all(isinstance(r.get(key), (int, float)) for r in timed)}
-    if "forward_backward" in split and "grad_reduce" in split:
-        split["forward_backward"] -= split["grad_reduce"]
-    if "stage_compute" in split and "data_wait" in split:
-        split["stage_compute"] -= split["data_wait"]  # megatron-core's forward timer holds the fetch
-    return MeasuredRun(layout, median("elapsed_ms_per_iteration"), median("tokens_per_second"),
-                       median("tflops_per_gpu"), int(timed[-1]["global_batch_size"]), split, len(timed))
+def modelled_split(raw: dict[str, float], step_ms: float, replicas: int) -> dict[str, float]:
+    """One record's time split (ms) in the model's terms.
+
+    The trainer's forward-backward holds the micro-batch fetches (``data_wait``) and the exposed
+    gradient reduction, megatron-core's forward timer (``stage_compute``) the fetches too; the
+    model counts the reduction as ``dp_exposed`` and the fetches as step overhead, so both come
+    out.  The overhead is the whole step outside the schedule's modelled part; with one replica
+    (DP=1) it holds the gradient finalisation too (layer-norm and embedding syncs, no DP traffic
+    for the model to fit a bandwidth to)."""
+    split = dict(raw)
+    fetches = raw.get("data_wait", 0.0)
+    if "forward_backward" in raw:
+        reduction = raw.get("grad_reduce", 0.0)
+        split["forward_backward"] = raw["forward_backward"] - reduction - fetches
+        split["overhead"] = step_ms - raw["forward_backward"] + fetches + (reduction if replicas == 1 else 0.0)
+    if "stage_compute" in raw:
+        split["stage_compute"] = raw["stage_compute"] - fetches
+    return split
 
 
 def documents_per_pack(job: Job, run: MeasuredRun) -> float:
@@ -245,8 +263,8 @@ def calibrate(job: Job, run: MeasuredRun, constants: ClusterConstants) -> Calibr
                                f"{run.layout.describe()}: is that the layout of the run the records come from?")
     before = predict(replace(work, documents_per_pack=job.documents_per_pack), run.layout, constants)
     split = run.split_ms
-    if "data_wait" in split or "optimizer" in split:
-        constants = replace(constants, step_overhead_ms=split.get("data_wait", 0.0) + split.get("optimizer", 0.0))
+    if "overhead" in split:
+        constants = replace(constants, step_overhead_ms=split["overhead"])
 
     def predicted_seconds(tflops: float) -> float:
         step = predict(work, run.layout, replace(constants, achieved_tflops=tflops))
