@@ -5,7 +5,7 @@
 
 Runs the real trainer (``python -m megatron_mio.pretrain``, mock data, 2 CPU ranks over gloo) for
 TP1 PP1 DP2, TP2 PP1 DP1 and TP1 PP2 DP1 with the same model, sequence and global batch, each
-with ``--metrics-file``.  The planner is calibrated on the first run only
+with ``--metrics-file`` and ``--timing-log-level 2``.  The planner is calibrated on the first run only
 (megatron_mio.planner.calibration, as ``--calibrate``), then predicts each run's step time; the
 table gives measured and predicted times and, for each layout, the ratio to the calibration
 run's step (measured vs predicted), all from the same invocation.  The TP bandwidth is not fitted
@@ -32,7 +32,7 @@ def trainer_flags(args, layout: str, metrics: Path) -> list[str]:
     return ["--use-cpu", "--mock-data", "--model-preset", args.preset, "--vocab-size", str(args.vocab_size),
             "--seq-length", str(args.seq_length), "--micro-batch-size", "1",
             "--global-batch-size", str(args.global_batch_size), "--train-iters", str(args.train_iters),
-            "--log-interval", "1", "--lr", "1e-4", "--use-distributed-optimizer",
+            "--log-interval", "1", "--lr", "1e-4", "--use-distributed-optimizer", "--timing-log-level", "2",
             "--no-bias-swiglu-fusion", "--no-bias-dropout-fusion",
             "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
             "--metrics-file", str(metrics)]
@@ -68,9 +68,8 @@ def main() -> int:
         for layout in LAYOUTS:
             metrics = Path(out) / f"{layout.replace(' ', '_')}.jsonl"
             run_torchrun("megatron_mio.pretrain", 2, trainer_flags(args, layout, metrics), module=True, timeout=1200)
-            words = calibration.measured_run(calibration.read_records(metrics), Layout(1, 1, 1))
             tp, pp = (int(word[2:]) for word in layout.split())
-            runs[layout] = replace(words, layout=Layout(tp, pp, 2 // (tp * pp)))
+            runs[layout] = calibration.measured_run(calibration.read_records(metrics), Layout(tp, pp, 2 // (tp * pp)))
     fitted = calibration.calibrate(job, runs[LAYOUTS[0]], constants)
     job = replace(job, documents_per_pack=fitted.documents_per_pack)
     print(f"{args.preset}, seq {args.seq_length}, global batch {args.global_batch_size}, 2 CPU ranks, "
