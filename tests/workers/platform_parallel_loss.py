@@ -77,7 +77,7 @@ def main():
     )
     if args.save:
         Path(args.save).mkdir(parents=True, exist_ok=True)
-        dist_checkpointing.save(model.sharded_state_dict(), args.save, async_strategy="mcore")
+        dist_checkpointing.save(model.sharded_state_dict(), args.save)
     if args.load:
         model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), args.load))
 
